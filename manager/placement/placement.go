@@ -223,58 +223,88 @@ func (p *Placer) Place(req *Request, out []*Disk) error {
 // one dataset. owned[w] is how many subpartitions of the dataset worker w
 // owns already (indexed by Disk.Worker; the slice grows as needed, and is
 // updated with the new choices). total is the dataset's subpartition count.
-// No worker is given more than ceil(total / qualifying workers)
-// subpartitions of the dataset, so owners spread evenly whatever the
-// number of disks each worker has.
+//
+// Owners are dealt level by level: every qualifying worker is first brought
+// up to the count of the least loaded one plus one, and so on, so that the
+// counts of a dataset's owners differ by at most one between workers that
+// can take more, whatever the number of disks each worker has. Within a
+// level, the strategy chooses the disk.
 func (p *Placer) PlaceOwners(req *Request, total int, owned *[]uint32, out []*Disk) error {
 	r := *req
 	r.Bytes = p.bytes(req)
-	workers := p.qualifyingWorkers(&r)
-	if workers == 0 {
-		return p.explain(&r, len(out), "")
-	}
-	limit := uint32((total + workers - 1) / workers)
 	counts := *owned
-	inner := req.Accept
-	r.Accept = func(d *Disk) bool {
-		if int(d.Worker) < len(counts) && counts[d.Worker] >= limit {
-			return false
+	count := func(w uint32) uint32 {
+		if int(w) < len(counts) {
+			return counts[w]
 		}
-		return inner == nil || inner(d)
+		return 0
+	}
+	inner := req.Accept
+	var level uint32
+	r.Accept = func(d *Disk) bool {
+		return count(d.Worker) < level && (inner == nil || inner(d))
 	}
 	reserve := p.reserve(r.Bytes)
-	n := p.strategy.Place(&r, out, func(d *Disk) {
+	place := func(d *Disk) {
 		for int(d.Worker) >= len(counts) {
 			counts = append(counts, 0)
 		}
 		counts[d.Worker]++
 		reserve(d)
-	})
+	}
+	filled := 0
+	for filled < len(out) {
+		workers := p.qualifyingWorkers(&r, inner)
+		if len(workers) == 0 {
+			break
+		}
+		level = ^uint32(0)
+		for w := range workers {
+			level = min(level, count(w))
+		}
+		level++
+		need := 0
+		for w := range workers {
+			if c := count(w); c < level {
+				need += int(level - c)
+			}
+		}
+		k := min(need, len(out)-filled)
+		n := p.strategy.Place(&r, out[filled:filled+k], place)
+		filled += n
+		if n == 0 {
+			break
+		}
+	}
 	*owned = counts
-	if n == len(out) {
+	if filled == len(out) {
 		return nil
 	}
-	return p.explain(&r, len(out)-n, fmt.Sprintf("each worker may own at most %d of the %d subpartitions", limit, total))
+	r.Accept = inner
+	return p.explain(&r, len(out)-filled, fmt.Sprintf("subpartitions of the dataset (%d in all) are spread evenly over workers", total))
 }
 
-// qualifyingWorkers counts the workers with a disk that qualifies for req,
-// of the preferred type if there is one, else of any type.
-func (p *Placer) qualifyingWorkers(req *Request) int {
+// qualifyingWorkers returns the workers with a disk that qualifies for req
+// (ignoring req.Accept; accept, if set, applies instead), of the preferred
+// type if there is one, else of any type.
+func (p *Placer) qualifyingWorkers(req *Request, accept func(*Disk) bool) map[uint32]struct{} {
+	r := *req
+	r.Accept = accept
 	preferred := map[uint32]struct{}{}
 	anyType := map[uint32]struct{}{}
 	for d := range p.disks {
-		if !fits(&p.opts, req, d) {
+		if !fits(&p.opts, &r, d) {
 			continue
 		}
 		anyType[d.Worker] = struct{}{}
-		if req.Preferred == api.DiskType_DISK_TYPE_UNSPECIFIED || typeClass(d.Type) == typeClass(req.Preferred) {
+		if r.Preferred == api.DiskType_DISK_TYPE_UNSPECIFIED || typeClass(d.Type) == typeClass(r.Preferred) {
 			preferred[d.Worker] = struct{}{}
 		}
 	}
 	if len(preferred) > 0 {
-		return len(preferred)
+		return preferred
 	}
-	return len(anyType)
+	return anyType
 }
 
 // ErrNoDisk is the error of a placement that found no qualifying disk. Its

@@ -282,11 +282,20 @@ func TestOwnersSpread(t *testing.T) {
 				}
 				limit := uint32((tc.total + workers - 1) / workers)
 				var sum uint32
-				for w, n := range owned {
+				lo, hi := ^uint32(0), uint32(0)
+				for w := 0; w < workers; w++ {
+					n := uint32(0)
+					if w < len(owned) {
+						n = owned[w]
+					}
 					if n > limit {
 						t.Fatalf("worker %d owns %d of %d subpartitions, more than its share %d: %v", w, n, tc.total, limit, owned)
 					}
+					lo, hi = min(lo, n), max(hi, n)
 					sum += n
+				}
+				if hi-lo > 1 {
+					t.Fatalf("owner counts range %d..%d: %v", lo, hi, owned)
 				}
 				if int(sum) != tc.total {
 					t.Fatalf("owned %d in total, want %d", sum, tc.total)
