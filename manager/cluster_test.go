@@ -706,9 +706,18 @@ func TestMalformedRequests(t *testing.T) {
 		call func() error
 		code codes.Code
 	}{
-		{"worker: empty id", func() error { _, err := c.registerWorker(&api.RegisterWorkerRequest{DataAddress: "x:1", Protocol: api.LocalProtocol()}); return err }, codes.InvalidArgument},
-		{"worker: no address", func() error { _, err := c.registerWorker(&api.RegisterWorkerRequest{WorkerId: "w", Protocol: api.LocalProtocol()}); return err }, codes.InvalidArgument},
-		{"worker: no protocol", func() error { _, err := c.registerWorker(&api.RegisterWorkerRequest{WorkerId: "w", DataAddress: "x:1"}); return err }, codes.FailedPrecondition},
+		{"worker: empty id", func() error {
+			_, err := c.registerWorker(&api.RegisterWorkerRequest{DataAddress: "x:1", Protocol: api.LocalProtocol()})
+			return err
+		}, codes.InvalidArgument},
+		{"worker: no address", func() error {
+			_, err := c.registerWorker(&api.RegisterWorkerRequest{WorkerId: "w", Protocol: api.LocalProtocol()})
+			return err
+		}, codes.InvalidArgument},
+		{"worker: no protocol", func() error {
+			_, err := c.registerWorker(&api.RegisterWorkerRequest{WorkerId: "w", DataAddress: "x:1"})
+			return err
+		}, codes.FailedPrecondition},
 		{"worker: newer protocol", func() error {
 			_, err := c.registerWorker(&api.RegisterWorkerRequest{WorkerId: "w", DataAddress: "x:1", Protocol: &bad})
 			return err
@@ -726,8 +735,14 @@ func TestMalformedRequests(t *testing.T) {
 			return err
 		}, codes.InvalidArgument},
 		{"heartbeat: long id", func() error { _, err := c.workerHeartbeat(&api.WorkerHeartbeatRequest{WorkerId: long}); return err }, codes.InvalidArgument},
-		{"job: empty", func() error { _, err := c.registerJob(&api.RegisterJobRequest{Protocol: api.LocalProtocol()}); return err }, codes.InvalidArgument},
-		{"job: bad utf8", func() error { _, err := c.registerJob(&api.RegisterJobRequest{JobId: "\xff", Protocol: api.LocalProtocol()}); return err }, codes.InvalidArgument},
+		{"job: empty", func() error {
+			_, err := c.registerJob(&api.RegisterJobRequest{Protocol: api.LocalProtocol()})
+			return err
+		}, codes.InvalidArgument},
+		{"job: bad utf8", func() error {
+			_, err := c.registerJob(&api.RegisterJobRequest{JobId: "\xff", Protocol: api.LocalProtocol()})
+			return err
+		}, codes.InvalidArgument},
 		{"job: old protocol", func() error { _, err := c.registerJob(&api.RegisterJobRequest{JobId: "k", Protocol: &bad}); return err }, codes.FailedPrecondition},
 		{"dataset: unknown job", func() error {
 			_, err := c.registerDataset(&api.RegisterDatasetRequest{JobId: "nope", DatasetId: "d", Kind: api.PartitionKind_MAP_PARTITION, Producers: 1, Subpartitions: 1})
@@ -757,7 +772,10 @@ func TestMalformedRequests(t *testing.T) {
 			_, err := c.registerDataset(&api.RegisterDatasetRequest{JobId: "j", DatasetId: "m", Kind: api.PartitionKind_REDUCE_PARTITION, Producers: 4, Subpartitions: 2})
 			return err
 		}, codes.FailedPrecondition},
-		{"allocate: nothing", func() error { _, err := c.allocateMaps(&api.AllocateMapPartitionsRequest{JobId: "j", DatasetId: "m"}); return err }, codes.InvalidArgument},
+		{"allocate: nothing", func() error {
+			_, err := c.allocateMaps(&api.AllocateMapPartitionsRequest{JobId: "j", DatasetId: "m"})
+			return err
+		}, codes.InvalidArgument},
 		{"allocate: out of range", func() error {
 			_, err := c.allocateMaps(&api.AllocateMapPartitionsRequest{JobId: "j", DatasetId: "m", Producers: []*api.ProducerAttempt{{MapIndex: 4}}})
 			return err
@@ -782,7 +800,10 @@ func TestMalformedRequests(t *testing.T) {
 			_, err := c.reportCommit(&api.ReportCommitRequest{JobId: "j", DatasetId: "m", Committed: []*api.ProducerAttempt{{MapIndex: 7}}})
 			return err
 		}, codes.OutOfRange},
-		{"commit: unknown job", func() error { _, err := c.reportCommit(&api.ReportCommitRequest{JobId: "nope", DatasetId: "m"}); return err }, codes.NotFound},
+		{"commit: unknown job", func() error {
+			_, err := c.reportCommit(&api.ReportCommitRequest{JobId: "nope", DatasetId: "m"})
+			return err
+		}, codes.NotFound},
 		{"locations: bad range", func() error {
 			_, _, err := c.locations(&api.GetLocationsRequest{JobId: "j", DatasetId: "m", MapStart: 3, MapEnd: 9})
 			return err

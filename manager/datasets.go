@@ -511,4 +511,3 @@ func (c *cluster) release(req *api.ReleaseRequest) (*api.ReleaseResponse, error)
 	}
 	return &api.ReleaseResponse{}, nil
 }
-
