@@ -443,8 +443,8 @@ func (s *LogScanner) Next() bool {
 	if s.done {
 		return false
 	}
-	n, msg := s.decode(s.off)
-	if msg == "" {
+	n, bad := s.decode(s.off)
+	if bad == nil {
 		s.lastStart = s.off
 		s.lastBatchPos = s.rec.BatchPos
 		s.off += n
@@ -460,18 +460,18 @@ func (s *LogScanner) Next() bool {
 	}
 	s.done = true
 	rest := s.b[s.off:]
-	if len(rest) == 0 || isZero(rest) {
+	if isZero(rest) {
 		s.end.Padding = int64(len(rest))
 		return s.finish()
 	}
-	// A bad record: a torn tail unless a valid record follows it.
-	if q := s.resync(s.off + 1); q >= 0 {
-		return s.fail(&CorruptError{File: KindCommitLog, Offset: int64(s.off), Length: int64(q - s.off),
-			What: fmt.Sprintf("record %d (LSN %d): %s; a record of a later write follows at offset %d, so this is not a torn tail",
-				s.records, s.nextLSN, msg, q)})
-	}
+	bad.What = fmt.Sprintf("record %d (LSN %d): %s", s.records, s.nextLSN, bad.What)
 	if s.writtenBad {
-		return s.fail(&CorruptError{File: KindCommitLog, Offset: int64(s.off), Length: int64(n), What: msg})
+		return s.fail(bad)
+	}
+	// A bad record: a torn tail unless a later write follows it.
+	if q := s.resync(s.off + 1); q >= 0 {
+		bad.What += fmt.Sprintf("; a record of a later write follows at offset %d, so this is not a torn tail", q)
+		return s.fail(bad)
 	}
 	s.end.TornBytes = int64(len(rest))
 	return s.finish()
@@ -504,42 +504,45 @@ func (s *LogScanner) checkSnapshotEnd() error {
 	return nil
 }
 
-// decode decodes the record at off into s.rec and returns its size, or a
-// description of why there is no valid record there.
-func (s *LogScanner) decode(off int) (int, string) {
+// decode decodes the record at off into s.rec and returns its size, or why
+// there is no valid record there. It sets writtenBad when the record's CRC
+// holds but its content is wrong: it was written so, which no torn write
+// explains.
+func (s *LogScanner) decode(off int) (int, *CorruptError) {
+	const kind = KindCommitLog
 	s.writtenBad = false
 	rest := s.b[off:]
 	if len(rest) < RecordHeaderSize {
-		return 0, fmt.Sprintf("%d bytes, a record needs at least %d", len(rest), RecordHeaderSize)
+		return 0, truncatedAt(kind, int64(off), int64(len(rest)), RecordHeaderSize, "record header")
 	}
 	body := int(binary.LittleEndian.Uint16(rest[recLengthOff:]))
 	if body > MaxRecordBody {
-		return 0, fmt.Sprintf("record body length %d above %d", body, MaxRecordBody)
+		return 0, corruptf(kind, int64(off+recLengthOff), 2, "record body length %d above %d", body, MaxRecordBody)
 	}
 	n := RecordHeaderSize + body
 	if len(rest) < n {
-		return 0, fmt.Sprintf("record of %d bytes, %d left in the log", n, len(rest))
+		return 0, truncatedAt(kind, int64(off), int64(len(rest)), int64(n), "record")
 	}
 	want := binary.LittleEndian.Uint32(rest[recCRCOff:])
 	if got := Checksum(rest[recLengthOff:n]); got != want {
-		return 0, fmt.Sprintf("record CRC: expected %#x, found %#x", want, got)
+		e := mismatch(kind, int64(off), int64(n), "record CRC", uint64(want), uint64(got))
+		e.Flip = explainFlip(int64(off+recLengthOff), int64(n-recLengthOff), int64(off+recCRCOff), want, got)
+		return 0, e
 	}
 	s.rec = Record{LSN: binary.LittleEndian.Uint64(rest[recLSNOff:]),
 		BatchPos: binary.LittleEndian.Uint16(rest[recBatchPosOff:]), Kind: RecordKind(rest[recKindOff])}
-	// The CRC holds, so what follows was written so: not a torn write.
-	if s.rec.LSN != s.nextLSN {
-		s.writtenBad = true
-		return n, fmt.Sprintf("record LSN %d, expected %d", s.rec.LSN, s.nextLSN)
-	}
-	if s.rec.BatchPos != 0 && (s.records == 0 || s.rec.BatchPos != s.lastBatchPos+1) {
-		s.writtenBad = true
-		return n, fmt.Sprintf("record at batch position %d after position %d", s.rec.BatchPos, s.lastBatchPos)
+	s.writtenBad = true
+	switch {
+	case s.rec.LSN != s.nextLSN:
+		return n, mismatch(kind, int64(off+recLSNOff), 8, "record LSN", s.nextLSN, s.rec.LSN)
+	case s.rec.BatchPos != 0 && (s.records == 0 || s.rec.BatchPos != s.lastBatchPos+1):
+		return n, corruptf(kind, int64(off+recBatchPosOff), 2, "batch position %d after position %d", s.rec.BatchPos, s.lastBatchPos)
 	}
 	if msg := decodeRecordBody(&s.rec, rest[RecordHeaderSize:n], s.extra); msg != "" {
-		s.writtenBad = true
-		return n, msg
+		return n, corruptf(kind, int64(off), int64(n), "%s", msg)
 	}
-	return n, ""
+	s.writtenBad = false
+	return n, nil
 }
 
 // resync looks for a valid record at or after from that a later

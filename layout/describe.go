@@ -279,6 +279,9 @@ func (d *describer) mapPartition() {
 			d.section(off, BufferHeaderSize+int64(plen), "region %d, buffer %d", region, buffer)
 			d.bufferFields(off, b)
 			d.payloadField(off+BufferHeaderSize, plen)
+			if !d.trustHeader(b[:bufHeaderCRCOff], b[bufHeaderCRCOff:], off+BufferHeaderSize+int64(plen)) {
+				return
+			}
 			off += BufferHeaderSize + int64(plen)
 			buffer++
 		case itemIndex:
@@ -309,6 +312,20 @@ func (d *describer) bufferFields(off int64, b []byte) {
 	d.field(off+bufUncompLenOff, b[bufUncompLenOff:bufUncompLenOff+4], "uncompressed length", u32(b[bufUncompLenOff:]))
 	d.field(off+bufPayloadCRCOff, b[bufPayloadCRCOff:bufPayloadCRCOff+4], "payload CRC32C", fmt.Sprintf("%#08x", binary.LittleEndian.Uint32(b[bufPayloadCRCOff:])))
 	d.field(off+bufHeaderCRCOff, b[bufHeaderCRCOff:], "header CRC32C", crcValue(b[bufHeaderCRCOff:], b[:bufHeaderCRCOff]))
+}
+
+// trustHeader reports whether the walk may follow a buffer or segment
+// header's payload length to end: its CRC holds and end is in the file.
+func (d *describer) trustHeader(covered, stored []byte, end int64) bool {
+	switch {
+	case Checksum(covered) != binary.LittleEndian.Uint32(stored):
+		d.printf("  !! the header CRC does not match: its lengths cannot be trusted, the walk stops here\n")
+		return false
+	case end > d.size:
+		d.printf("  !! the payload ends at %d, after the end of the file\n", end)
+		return false
+	}
+	return true
 }
 
 func flagsString(f BufferFlags) string {
@@ -489,6 +506,9 @@ func (d *describer) reducePartition() {
 			d.field(off+segPayloadCRCOff, b[segPayloadCRCOff:segPayloadCRCOff+4], "payload CRC32C", fmt.Sprintf("%#08x", binary.LittleEndian.Uint32(b[segPayloadCRCOff:])))
 			d.field(off+segHeaderCRCOff, b[segHeaderCRCOff:], "header CRC32C", crcValue(b[segHeaderCRCOff:], b[:segHeaderCRCOff]))
 			d.payloadField(off+SegmentHeaderSize, plen)
+			if !d.trustHeader(b[:segHeaderCRCOff], b[segHeaderCRCOff:], off+SegmentHeaderSize+int64(plen)) {
+				return
+			}
 			off += SegmentHeaderSize + int64(plen)
 			seg++
 		case itemAttempts:
