@@ -9,9 +9,10 @@ import (
 // number in the low 16 bits. Every file carries one in its prefix.
 //
 // A newer major is a breaking change: this build refuses it with ErrVersion. A
-// newer minor only adds fields at the end of headers and record bodies and
-// meanings for values that were reserved as zero: older readers of the same
-// major skip what they do not know.
+// newer minor only appends fields to headers and commit log record bodies,
+// which older readers of the same major skip. Anything else (a meaning for a
+// value 1.0 requires to be zero: a flag bit, a codec, a record kind) needs a
+// new major, because 1.0 readers refuse such values as corrupt.
 type Version uint32
 
 const (
