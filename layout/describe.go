@@ -250,6 +250,10 @@ func (d *describer) mapPartition() {
 		return
 	}
 	h := d.read(0, int64(n))
+	if n < mapHeaderFixed {
+		d.stop(PrefixSize, fmt.Sprintf("a MapPartition header needs at least %d bytes, this one has %d", mapHeaderFixed, n))
+		return
+	}
 	d.field(mhMapIndexOff, h[mhMapIndexOff:mhMapIndexOff+4], "map index", u32(h[mhMapIndexOff:]))
 	d.field(mhAttemptOff, h[mhAttemptOff:mhAttemptOff+4], "attempt", u32(h[mhAttemptOff:]))
 	d.field(mhSubCountOff, h[mhSubCountOff:mhSubCountOff+4], "subpartitions", u32(h[mhSubCountOff:]))
@@ -472,6 +476,10 @@ func (d *describer) reducePartition() {
 		return
 	}
 	h := d.read(0, int64(n))
+	if n < reduceHeaderFixed {
+		d.stop(PrefixSize, fmt.Sprintf("a ReducePartition header needs at least %d bytes, this one has %d", reduceHeaderFixed, n))
+		return
+	}
 	d.field(rhReduceIndexOff, h[rhReduceIndexOff:rhReduceIndexOff+4], "reduce index", u32(h[rhReduceIndexOff:]))
 	d.field(rhMapCountOff, h[rhMapCountOff:rhMapCountOff+4], "maps", u32(h[rhMapCountOff:]))
 	d.field(rhCodecOff, h[rhCodecOff:rhCodecOff+1], "codec", Codec(h[rhCodecOff]).String())

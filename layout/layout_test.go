@@ -756,6 +756,21 @@ func TestVerifierKinds(t *testing.T) {
 	}
 }
 
+// TestDescribeShortHeaders describes files whose header length is valid for
+// the prefix but too short for the kind's fields (found by FuzzDescribe).
+func TestDescribeShortHeaders(t *testing.T) {
+	for _, magic := range []string{magicMapPartition, magicReducePartition, magicDiskIdentity, magicCommitLog} {
+		b := append([]byte(magic), 1, 0, 0, 0, 25, 0, 0, 0)
+		b = append(b, 0, 0, 0, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, Checksum(b))
+		var out bytes.Buffer
+		must(t, Describe(&out, bytes.NewReader(b), int64(len(b)), DescribeOptions{}))
+		if !strings.Contains(out.String(), "verify: layout: corrupt") || !strings.Contains(out.String(), "!!") {
+			t.Errorf("%s:\n%s", magic, out.String())
+		}
+	}
+}
+
 func TestDescribeCorrupt(t *testing.T) {
 	b := bytes.Clone(readGolden(t, "mappartition.bin"))
 	b[400] ^= 0xff // a broadcast buffer's payload length
