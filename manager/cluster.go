@@ -197,13 +197,23 @@ func (c *cluster) startRebuild(expected map[string]struct{}, window time.Duratio
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.clock()
-	c.rebuildStart = now
+	if c.rebuildStart.IsZero() {
+		c.rebuildStart = now
+	}
+	if expected != nil {
+		// Already back while the list was being read.
+		for id, w := range c.workers {
+			if w.alive {
+				delete(expected, id)
+			}
+		}
+	}
 	if window <= 0 {
 		c.finishRebuildLocked("no rebuild window")
 		return
 	}
 	c.rebuilding = true
-	c.rebuildDeadline = now.Add(window)
+	c.rebuildDeadline = c.rebuildStart.Add(window)
 	c.expected = expected
 	c.maybeFinishRebuildLocked()
 }

@@ -383,13 +383,17 @@ func (c *cluster) reportCommit(req *api.ReportCommitRequest) (*api.ReportCommitR
 	return &api.ReportCommitResponse{SupersededBy: c.commitLocked(ds, req.Committed)}, nil
 }
 
-// locations answers a lookup. It reports whether the answer may still
-// grow because the leader is rebuilding.
+// locations answers a lookup. While the leader rebuilds, an incomplete
+// answer (or an unknown dataset: its workers may not have re-registered
+// yet) comes with a channel closed when the rebuild ends, to try again then.
 func (c *cluster) locations(req *api.GetLocationsRequest) (*api.GetLocationsResponse, <-chan struct{}, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ds, err := c.dataset(req.JobId, req.DatasetId)
 	if err != nil {
+		if c.rebuilding && status.Code(err) == codes.NotFound {
+			return nil, c.rebuilt, err
+		}
 		return nil, nil, err
 	}
 	start, end := req.MapStart, req.MapEnd

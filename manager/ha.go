@@ -95,20 +95,24 @@ func (s *Server) campaign(ctx context.Context) error {
 		return fmt.Errorf("campaign: %w", err)
 	}
 
-	// Elected. Publish the leader key and read the membership list in one
-	// transaction guarded by our election key, so that a leader deposed
-	// meanwhile writes nothing.
+	// Elected. Take office first (so that a caller who sees the leader key
+	// finds us leading), then publish the leader key and read the
+	// membership list in one transaction guarded by our election key, so
+	// that a leader deposed meanwhile writes nothing.
 	epoch := uint64(el.Rev())
 	info := cloneInfo(s.self)
 	info.LeaderEpoch = epoch
 	info.ElectedUnixMs = unixMs(s.clock())
 	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
 	workersPrefix := api.WorkersPrefix(root, cluster)
+	mw := &membershipWriter{cli: s.etcd, guard: guard, prefix: workersPrefix, stored: map[string]string{}, pending: map[string]*string{}, signal: make(chan struct{}, 1), s: s}
+	c := s.lead(info, nil, mw.record)
 	tresp, err := s.etcd.Txn(ctx).If(guard).Then(
 		clientv3.OpPut(api.LeaderKey(root, cluster), string(api.EncodeManagerInfo(info)), clientv3.WithLease(sess.Lease())),
 		clientv3.OpGet(workersPrefix, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil || !tresp.Succeeded {
+		s.stepDown()
 		revoke()
 		if err == nil {
 			err = errors.New("election key vanished before taking office")
@@ -116,16 +120,18 @@ func (s *Server) campaign(ctx context.Context) error {
 		return fmt.Errorf("take office: %w", err)
 	}
 	expected := map[string]struct{}{}
-	stored := map[string]string{}
+	mw.mu.Lock()
 	for _, kv := range tresp.Responses[1].GetResponseRange().Kvs {
 		id := strings.TrimPrefix(string(kv.Key), workersPrefix)
 		expected[id] = struct{}{}
-		stored[id] = string(kv.Value)
+		mw.stored[id] = string(kv.Value)
 	}
-	mw := &membershipWriter{cli: s.etcd, guard: guard, prefix: workersPrefix, stored: stored, pending: map[string]*string{}, signal: make(chan struct{}, 1), s: s}
+	mw.mu.Unlock()
+	// Workers that registered in the instant before the list was read are
+	// not waited for.
+	c.startRebuild(expected, s.cfg.RebuildWindow)
 	leadCtx, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
-	s.lead(info, expected, mw.record)
 	go mw.run(leadCtx)
 
 	select {

@@ -288,7 +288,15 @@ func (s *Server) lead(info *api.ManagerInfo, expected map[string]struct{}, membe
 		panic(err) // the configuration was validated
 	}
 	c.membership = membership
-	c.startRebuild(expected, s.cfg.RebuildWindow)
+	if expected != nil || !s.cfg.HA() {
+		c.startRebuild(expected, s.cfg.RebuildWindow)
+	} else {
+		// HA: the caller starts the rebuild once it has read the
+		// membership list; until then, lookups wait.
+		c.rebuilding = true
+		c.rebuildStart = s.clock()
+		c.rebuildDeadline = c.rebuildStart.Add(s.cfg.RebuildWindow)
+	}
 	s.mu.Lock()
 	s.cl, s.leader = c, info
 	s.mu.Unlock()
@@ -491,7 +499,7 @@ func (d datasetService) GetLocations(ctx context.Context, req *api.GetLocationsR
 		return nil, err
 	}
 	resp, wait, err := c.locations(req)
-	if err != nil || wait == nil {
+	if wait == nil {
 		return resp, err
 	}
 	select {
@@ -499,7 +507,7 @@ func (d datasetService) GetLocations(ctx context.Context, req *api.GetLocationsR
 		resp, _, err = c.locations(req)
 		return resp, err
 	case <-ctx.Done():
-		return resp, nil
+		return resp, err
 	}
 }
 

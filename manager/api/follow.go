@@ -234,6 +234,15 @@ func (f *Follower) unreachable(addr string) {
 	}
 }
 
+// answered notes that addr answered as the leader.
+func (f *Follower) answered(addr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.leader == nil || f.leader.Address != addr {
+		f.setLeaderLocked(&ManagerInfo{Address: addr})
+	}
+}
+
 // redirected notes a NotLeader answer from addr.
 func (f *Follower) redirected(addr string, leader *ManagerInfo) bool {
 	f.mu.Lock()
@@ -242,7 +251,11 @@ func (f *Follower) redirected(addr string, leader *ManagerInfo) bool {
 		f.setLeaderLocked(proto.Clone(leader).(*ManagerInfo))
 		return true
 	}
-	// It does not know the leader either (an election is under way).
+	// It does not know the leader either (an election is under way), or
+	// it is about to take office. With etcd, the leader key will tell.
+	if f.etcd != nil {
+		return false
+	}
 	if f.leader != nil && f.leader.Address == addr {
 		f.setLeaderLocked(nil)
 	}
@@ -275,6 +288,7 @@ func (f *Follower) Invoke(ctx context.Context, method string, args, reply any, o
 			}
 			err = conn.Invoke(ctx, method, args, reply, opts...)
 			if err == nil {
+				f.answered(addr)
 				return nil
 			}
 			lastErr = err
