@@ -33,7 +33,8 @@ func Describe(w io.Writer, r io.ReaderAt, size int64, opts DescribeOptions) erro
 	d := &describer{w: w, r: r, size: size, opts: opts}
 	prefix := d.read(0, min(size, PrefixSize))
 	kind := DetectKind(prefix)
-	sum, verr := Verify(io.NewSectionReader(r, 0, size), nil, VerifyOptions{AllowOpenReduce: true})
+	buf := make([]byte, min(max(size, 1), verifyChunk))
+	sum, verr := Verify(io.NewSectionReader(r, 0, size), buf, VerifyOptions{AllowOpenReduce: true})
 	if verr != nil && !isFormatError(verr) {
 		return verr
 	}
