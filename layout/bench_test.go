@@ -225,4 +225,3 @@ func BenchmarkDescribeGolden(b *testing.B) {
 		must(b, Describe(io.Discard, bytes.NewReader(file), int64(len(file)), DescribeOptions{}))
 	}
 }
-
