@@ -87,7 +87,11 @@ func New(cfg Config) (IO, error) {
 		if probeErr == nil {
 			io, err := newRing(depth, direct)
 			if err == nil {
-				log.Info("diskio: auto chose io_uring", "dir", cfg.Dir, "io", io.Info().String(), "note", strings.TrimSuffix(why, "; "))
+				args := []any{"dir", cfg.Dir, "io", io.Info().String()}
+				if why != "" {
+					args = append(args, "note", strings.TrimSuffix(why, "; "))
+				}
+				log.Info("diskio: auto chose io_uring", args...)
 				return io, nil
 			}
 			probeErr = err
