@@ -47,7 +47,7 @@ func quietLogger() *slog.Logger {
 // harness drives a cluster directly (no gRPC), with a fake clock, playing
 // workers and one client.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	c     *cluster
 	clock *fakeClock
 	// per worker: registration epoch and last seq
@@ -57,7 +57,7 @@ type harness struct {
 	acked map[string]uint64
 }
 
-func newHarness(t *testing.T, mutate func(*Config)) *harness {
+func newHarness(t testing.TB, mutate func(*Config)) *harness {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.ReserveBytes = 1 << 30

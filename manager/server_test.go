@@ -156,7 +156,7 @@ type runningAgent struct {
 	stop func()
 }
 
-func startAgent(t *testing.T, id string, w *fakeWorker, managers api.FollowerConfig) *runningAgent {
+func startAgent(t testing.TB, id string, w *fakeWorker, managers api.FollowerConfig) *runningAgent {
 	t.Helper()
 	managers.Logger = quietLogger()
 	managers.RetryTimeout = 2 * time.Second
