@@ -312,16 +312,36 @@ func (r *recorder) Set(s string) error {
 
 func (r *recorder) IsBoolFlag() bool { return r.value.Kind() == reflect.Bool }
 
+func typeName(v reflect.Value) string {
+	switch v.Interface().(type) {
+	case time.Duration:
+		return "duration"
+	case Bytes:
+		return "size"
+	case []string:
+		return "list"
+	case bool:
+		return "bool"
+	case string:
+		return "string"
+	default:
+		return "number"
+	}
+}
+
 // Bind registers a flag for every field of settings (whose current values
 // are the defaults shown by --help), naming its environment variable in the
 // help text.
 func Bind(fs *flag.FlagSet, envPrefix string, settings any) *Flags {
 	f := &Flags{fs: fs, prefix: envPrefix, settings: settings, set: map[string]string{}}
 	for _, fd := range fields(settings) {
-		help := fd.help
+		// flag.PrintDefaults shows the first back-quoted word as the
+		// value's name: "-reserve size ... [size, $PREFIX_RESERVE]".
+		help := fd.help + " [`" + typeName(fd.value) + "`"
 		if envPrefix != "" {
-			help += " [$" + EnvName(envPrefix, fd.key) + "]"
+			help += ", $" + EnvName(envPrefix, fd.key)
 		}
+		help += "]"
 		fs.Var(&recorder{name: fd.key, flags: f, value: fd.value}, fd.key, help)
 	}
 	return f
