@@ -228,12 +228,14 @@ func (a *Agent) Leader() *api.ManagerInfo {
 // (incompatible protocol, invalid registration).
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	releaseCtx, stopReleases := context.WithCancel(ctx)
+	defer stopReleases()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.runReleases(ctx)
+		a.runReleases(releaseCtx)
 	}()
-	defer wg.Wait()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		if !a.Registered() {
