@@ -20,7 +20,8 @@
 // capped per worker (see Placer.PlaceOwners) so that no worker owns more
 // than its share of a dataset's subpartitions.
 //
-// A Placer is not safe for concurrent use: the manager calls it under its
+// Other strategies plug in with Register. A Placer (and the strategy it
+// drives) is not safe for concurrent use: the manager calls it under its
 // state lock.
 package placement
 
@@ -28,6 +29,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/sluice-shuffle/sluice/manager/api"
 )
@@ -120,18 +122,53 @@ type Strategy interface {
 	Place(req *Request, out []*Disk, reserve func(*Disk)) int
 }
 
-// Strategies lists the built-in strategy names.
-var Strategies = []string{"load-aware", "round-robin"}
+// Factory makes a strategy from the options.
+type Factory func(Options) Strategy
 
-// NewStrategy returns the built-in strategy called name.
-func NewStrategy(name string, opts Options) (Strategy, error) {
-	switch name {
-	case "", "load-aware":
-		return newLoadAware(opts), nil
-	case "round-robin":
-		return newRoundRobin(opts), nil
+var (
+	factoriesMu sync.Mutex
+	factories   = map[string]Factory{
+		"load-aware":  func(o Options) Strategy { return newLoadAware(o) },
+		"round-robin": func(o Options) Strategy { return newRoundRobin(o) },
 	}
-	return nil, fmt.Errorf("unknown placement strategy %q (known: %s)", name, strings.Join(Strategies, ", "))
+)
+
+// Register makes a strategy available by name (to the manager's
+// "placement" setting). It panics if the name is taken, like
+// database/sql.Register; call it from an init function.
+func Register(name string, f Factory) {
+	factoriesMu.Lock()
+	defer factoriesMu.Unlock()
+	if _, dup := factories[name]; dup || name == "" {
+		panic("placement: strategy name taken or empty: " + name)
+	}
+	factories[name] = f
+}
+
+// Strategies lists the registered strategy names, sorted.
+func Strategies() []string {
+	factoriesMu.Lock()
+	defer factoriesMu.Unlock()
+	names := make([]string, 0, len(factories))
+	for n := range factories {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// NewStrategy returns the strategy registered as name ("" is load-aware).
+func NewStrategy(name string, opts Options) (Strategy, error) {
+	if name == "" {
+		name = "load-aware"
+	}
+	factoriesMu.Lock()
+	f := factories[name]
+	factoriesMu.Unlock()
+	if f == nil {
+		return nil, fmt.Errorf("unknown placement strategy %q (known: %s)", name, strings.Join(Strategies(), ", "))
+	}
+	return f(opts), nil
 }
 
 // Placer places partitions on disks through a Strategy and explains why
@@ -185,7 +222,10 @@ func (p *Placer) bytes(req *Request) uint64 {
 	return p.opts.PartitionBytes
 }
 
-// fits is the qualification every strategy applies.
+// Fits is the qualification every strategy must apply before choosing d:
+// usable, room for the partition above the reserve, and req.Accept.
+func (o Options) Fits(req *Request, d *Disk) bool { return fits(&o, req, d) }
+
 func fits(opts *Options, req *Request, d *Disk) bool {
 	if !d.Usable {
 		return false

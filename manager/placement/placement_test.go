@@ -79,7 +79,7 @@ func counts(out []*Disk) map[*Disk]int {
 // TestBalance: equal disks get equal shares (within one) from both
 // strategies, and every disk gets some.
 func TestBalance(t *testing.T) {
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		for _, tc := range []struct {
 			name            string
 			workers, perW   int
@@ -112,7 +112,7 @@ func TestBalance(t *testing.T) {
 // TestReserveRespected: no disk is given more than fits above the reserve,
 // and the placement fails (rather than overfilling) once all are full.
 func TestReserveRespected(t *testing.T) {
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		for _, tc := range []struct {
 			name    string
 			specs   []diskSpec
@@ -152,7 +152,7 @@ func TestTypePreference(t *testing.T) {
 		{worker: 2, typ: api.DiskType_HDD, free: 1000 * gib},
 	}
 	opts := Options{ReserveBytes: 2 * gib, PartitionBytes: gib}
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		for _, tc := range []struct {
 			name      string
 			preferred api.DiskType
@@ -197,7 +197,7 @@ func TestHealthyOnly(t *testing.T) {
 		{worker: 1, free: 100 * gib, sick: "write check failed: EIO"},
 		{worker: 2, free: 100 * gib},
 	}
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		t.Run(strategy, func(t *testing.T) {
 			p, disks := build(t, strategy, Options{PartitionBytes: mib}, specs)
 			out, err := place(t, p, &Request{}, 50)
@@ -254,7 +254,7 @@ func TestLoadAware(t *testing.T) {
 // TestOwnersSpread: ReducePartition owners of one dataset spread evenly
 // over workers however many disks each has, with both strategies.
 func TestOwnersSpread(t *testing.T) {
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		for _, tc := range []struct {
 			name  string
 			specs []diskSpec
@@ -319,7 +319,7 @@ func TestNoDiskMessage(t *testing.T) {
 			{worker: 2, free: 3 * gib},
 		}, []string{"on lost workers: w0/d0", "unhealthy: w1/d1 (EIO on write check)", "below the reserve of 5.0 GiB plus the partition: w2/d2 (3.0 GiB available)", "preferred SSD"}},
 	} {
-		for _, strategy := range Strategies {
+		for _, strategy := range builtin {
 			t.Run(strategy+"/"+tc.name, func(t *testing.T) {
 				p, _ := build(t, strategy, Options{ReserveBytes: 5 * gib, PartitionBytes: 64 * mib}, tc.specs)
 				_, err := place(t, p, &Request{Preferred: api.DiskType_SSD}, 2)
@@ -339,7 +339,7 @@ func TestNoDiskMessage(t *testing.T) {
 
 // TestRemove: a removed disk is never chosen again.
 func TestRemove(t *testing.T) {
-	for _, strategy := range Strategies {
+	for _, strategy := range builtin {
 		t.Run(strategy, func(t *testing.T) {
 			p, disks := build(t, strategy, Options{PartitionBytes: mib}, uniform(3, 1, api.DiskType_SSD, 100*gib))
 			p.Remove(disks[1])
@@ -360,6 +360,58 @@ func TestFormatBytes(t *testing.T) {
 			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
+}
+
+var builtin = []string{"load-aware", "round-robin"}
+
+// TestRegister: a strategy plugged in by name is used, and must respect
+// the qualification rules the Placer explains.
+func TestRegister(t *testing.T) {
+	Register("first-fit", func(o Options) Strategy { return &firstFit{opts: o} })
+	if got := Strategies(); strings.Join(got, ",") != "first-fit,load-aware,round-robin" {
+		t.Fatalf("strategies %v", got)
+	}
+	p, disks := build(t, "first-fit", Options{PartitionBytes: mib}, uniform(2, 1, api.DiskType_HDD, 100*gib))
+	out, err := place(t, p, &Request{}, 3)
+	if err != nil || counts(out)[disks[0]] != 3 {
+		t.Fatalf("%v %v", counts(out), err)
+	}
+}
+
+// firstFit always takes the first qualifying disk it knows.
+type firstFit struct {
+	opts  Options
+	disks []*Disk
+}
+
+func (f *firstFit) Name() string { return "first-fit" }
+func (f *firstFit) Update(d *Disk) {
+	for _, x := range f.disks {
+		if x == d {
+			return
+		}
+	}
+	f.disks = append(f.disks, d)
+}
+func (f *firstFit) Remove(*Disk) {}
+func (f *firstFit) Place(req *Request, out []*Disk, reserve func(*Disk)) int {
+	n := 0
+	for n < len(out) {
+		var chosen *Disk
+		for _, d := range f.disks {
+			if f.opts.Fits(req, d) {
+				chosen = d
+				break
+			}
+		}
+		if chosen == nil {
+			break
+		}
+		out[n] = chosen
+		reserve(chosen)
+		n++
+	}
+	return n
 }
 
 func TestUnknownStrategy(t *testing.T) {
