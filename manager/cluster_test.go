@@ -555,11 +555,19 @@ func TestCommitFirstAttemptWins(t *testing.T) {
 	if len(loc.Maps) != 1 || loc.Maps[0].Attempt != 1 {
 		t.Fatalf("maps %v", loc.Maps)
 	}
-	// Committing without an allocation: the manager cannot know where the
-	// data is, so the producer is reported lost (rerun it).
+	// An older attempt committing after a newer one asked for the (same,
+	// sticky) place: its data is there.
+	h.allocMaps("j", "ds", 1, 1)
 	h.commit("j", "ds", 0, 1)
-	if loc := h.locations("j", "ds"); len(loc.Lost) != 0 {
-		t.Fatalf("map 1 was allocated: lost %v", loc.Lost)
+	if loc := h.locations("j", "ds"); len(loc.Lost) != 0 || len(loc.Maps) != 2 || loc.Maps[1].Attempt != 0 {
+		t.Fatalf("lost %v maps %v", loc.Lost, loc.Maps)
+	}
+	// Committing without any allocation: the manager cannot know where the
+	// data is, so the producer is reported lost (rerun it).
+	h.dataset("j", "ds2", api.PartitionKind_MAP_PARTITION, 2, 1)
+	h.commit("j", "ds2", 0, 1)
+	if loc := h.locations("j", "ds2"); fmt.Sprint(mapIndexes(loc.Lost)) != "[1]" {
+		t.Fatalf("lost %v", loc.Lost)
 	}
 }
 

@@ -329,7 +329,7 @@ func (c *cluster) commitLocked(ds *datasetRec, committed []*api.ProducerAttempt)
 			}
 			continue
 		}
-		if s.flags&slotCommitted != 0 && s.committed == p.Attempt && s.data == 0 && s.flags&slotPlaced != 0 && s.placed == p.Attempt {
+		if s.flags&slotCommitted != 0 && s.committed == p.Attempt && s.data == 0 && s.flags&slotPlaced != 0 {
 			// Committed earlier without a known place; now there is one.
 			s.data, s.dataGen = s.place, c.disks[s.place].gen
 			continue
@@ -343,12 +343,16 @@ func (c *cluster) commitLocked(ds *datasetRec, committed []*api.ProducerAttempt)
 				continue
 			}
 		}
-		// The data is where this attempt was placed, if it was placed by
-		// (or reported to) this leader; otherwise a worker report must
-		// tell where it is, or it is lost.
+		// The data is at the producer's place, if this leader placed it
+		// (or learned it from a worker report). Places are sticky, and
+		// move only when their disk becomes unusable, which fails any
+		// write still going there: so an attempt that committed wrote to
+		// the current place, whichever attempt asked for it last. Without
+		// a place, a worker report must tell where the data is, or it is
+		// lost.
 		s.committed, s.flags = p.Attempt, s.flags|slotCommitted
 		s.data, s.dataGen = 0, 0
-		if s.flags&slotPlaced != 0 && s.placed == p.Attempt && s.place != 0 {
+		if s.flags&slotPlaced != 0 && s.place != 0 {
 			s.data, s.dataGen = s.place, c.disks[s.place].gen
 		}
 		if !c.live(s.data, s.dataGen) && !c.rebuilding {
