@@ -159,6 +159,10 @@ func decodeBufferHeader(b []byte, kind FileKind, off int64) (BufferHeader, error
 	return h, nil
 }
 
+// FrameSize returns the size of the buffer: header and payload. A reader
+// that walks an extent steps from one buffer to the next by it.
+func (h *BufferHeader) FrameSize() int64 { return BufferHeaderSize + int64(h.PayloadLength) }
+
 // CheckPayload checks that p is the payload h describes: its length and the
 // producer's CRC32C. Error offsets are relative to the header's start.
 // It allocates nothing unless it fails.

@@ -175,9 +175,10 @@ type Record struct {
 	Records    uint64
 }
 
-// Path returns the path, relative to the disk's root, of the file a
-// MapCommitted, ReduceCommitted, ReduceFinalized or single-partition
-// Released record names, and "" for other records.
+// Path returns the path, relative to the disk's root, of what a record
+// names: the file of a MapCommitted, ReduceCommitted, ReduceFinalized or
+// single-partition Released record, the directory of a dataset or job
+// release, and "" for a SnapshotEnd.
 func (r *Record) Path() string {
 	switch {
 	case r.Kind == RecordMapCommitted || (r.Kind == RecordReleased && r.Scope == ReleaseMap):
@@ -185,6 +186,10 @@ func (r *Record) Path() string {
 	case r.Kind == RecordReduceCommitted || r.Kind == RecordReduceFinalized ||
 		(r.Kind == RecordReleased && r.Scope == ReleaseReduce):
 		return ReducePartitionPath(r.Job, r.Dataset, r.Index)
+	case r.Kind == RecordReleased && r.Scope == ReleaseDataset:
+		return DatasetDir(r.Job, r.Dataset)
+	case r.Kind == RecordReleased && r.Scope == ReleaseJob:
+		return JobDir(r.Job)
 	}
 	return ""
 }

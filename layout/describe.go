@@ -694,7 +694,7 @@ func (d *describer) record(off int64, all []byte, r *Record) {
 			f(len(r.Dataset), "dataset id", quoteBytes(r.Dataset))
 		}
 		if p := r.Path(); p != "" {
-			d.printf("  %8s  %-47s  %-26s %s\n", "", "", "file", p)
+			d.printf("  %8s  %-47s  %-26s %s\n", "", "", "path", p)
 		}
 	}
 	if end := off + int64(len(b)); at < end {

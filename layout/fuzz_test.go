@@ -2,6 +2,7 @@ package layout
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
@@ -300,4 +301,132 @@ func FuzzDescribe(f *testing.F) {
 			t.Fatalf("describe: %v", err)
 		}
 	})
+}
+
+// FuzzVerifyRepaired mutates a file and then repairs every checksum it can
+// locate (headers, payloads, index blocks, directory, table, footer, log
+// records) before verifying it. Random bytes almost never carry a valid
+// CRC32C, so without the repair the fuzzer would never get past the
+// checksums to the checks behind them: index entries against buffers,
+// directory against regions, attempt table against segments, footer totals.
+// Whatever the verifier accepts must open and read cleanly.
+func FuzzVerifyRepaired(f *testing.F) {
+	for i, b := range seedGolden(f) {
+		f.Add(b, uint16(1+i*13))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint16) {
+		data = bytes.Clone(data)
+		repairCRCs(data)
+		s, err := verifyChunked(data, 1+int(chunk))
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrVersion) {
+				t.Fatalf("untyped error: %v", err)
+			}
+			return
+		}
+		r := bytes.NewReader(data)
+		switch s.Kind {
+		case KindMapPartition:
+			p, err := OpenMapPartition(r, int64(len(data)))
+			if err != nil {
+				t.Fatalf("verified file does not open: %v", err)
+			}
+			checkAllExtents(t, p, data)
+		case KindReducePartition:
+			p, err := OpenReducePartition(r, int64(len(data)))
+			if err != nil {
+				t.Fatalf("verified file does not open: %v", err)
+			}
+			if _, err := serveReduceErr(p, data); err != nil {
+				t.Fatalf("verified file does not serve: %v", err)
+			}
+		}
+		if err := Describe(io.Discard, r, int64(len(data)), DescribeOptions{MaxItems: 1000}); err != nil {
+			t.Fatalf("describe: %v", err)
+		}
+	})
+}
+
+// repairCRCs walks b as the file its magic names, as far as the sizes in it
+// allow, and rewrites every checksum to match the bytes it covers.
+func repairCRCs(b []byte) {
+	kind, n, err := HeaderLength(b)
+	if err != nil || n > len(b) {
+		return
+	}
+	le := binary.LittleEndian
+	fix := func(data []byte, at int) { le.PutUint32(b[at:], Checksum(data)) }
+	fix(b[:n-crcSize], n-crcSize)
+	headerCRC := le.Uint32(b[n-crcSize:])
+	off := n
+	switch kind {
+	case KindMapPartition, KindReducePartition:
+		for off < len(b) {
+			switch b[off] {
+			case itemBuffer, itemSegment:
+				hs, crcOff, lenOff, payCRCOff := BufferHeaderSize, bufHeaderCRCOff, bufPayloadLenOff, bufPayloadCRCOff
+				if b[off] == itemSegment {
+					hs, crcOff, lenOff, payCRCOff = SegmentHeaderSize, segHeaderCRCOff, segPayloadLenOff, segPayloadCRCOff
+				}
+				if off+hs > len(b) {
+					return
+				}
+				end := off + hs + int(le.Uint32(b[off+lenOff:]))
+				if end > len(b) || end < off {
+					return
+				}
+				fix(b[off+hs:end], off+payCRCOff)
+				fix(b[off:off+crcOff], off+crcOff)
+				off = end
+			case itemIndex:
+				if off+ibEntriesOff > len(b) {
+					return
+				}
+				size, err := indexBlockSize(b[off:], 0)
+				if err != nil || off+size > len(b) {
+					return
+				}
+				fix(b[off:off+size-crcSize], off+size-crcSize)
+				off += size
+			case itemDirectory, itemAttempts:
+				var size int
+				if b[off] == itemDirectory {
+					if off+dirEntriesOff > len(b) {
+						return
+					}
+					size = dirOverhead + int(le.Uint32(b[off+dirRegionsOff:]))*regionEntrySize + int(le.Uint32(b[off+dirBlocksOff:]))*blockEntrySize
+				} else {
+					if off+atFirstOff > len(b) {
+						return
+					}
+					size = attemptTableOverhead + int(le.Uint32(b[off+atEntriesOff:]))*attemptEntrySz
+				}
+				if size < 0 || off+size > len(b) {
+					return
+				}
+				fix(b[off:off+size-crcSize], off+size-crcSize)
+				off += size
+				footer, crcAt, hdrAt := MapFooterSize, mfFooterCRCOff, mfHeaderCRCOff
+				if kind == KindReducePartition {
+					footer, crcAt, hdrAt = ReduceFooterSize, rfFooterCRCOff, rfHeaderCRCOff
+				}
+				if off+footer <= len(b) {
+					le.PutUint32(b[off+hdrAt:], headerCRC)
+					fix(b[off:off+crcAt], off+crcAt)
+				}
+				return
+			default:
+				return
+			}
+		}
+	case KindCommitLog:
+		for off+RecordHeaderSize <= len(b) {
+			end := off + RecordHeaderSize + int(le.Uint16(b[off+recLengthOff:]))
+			if end > len(b) {
+				return
+			}
+			fix(b[off+recLengthOff:end], off+recCRCOff)
+			off = end
+		}
+	}
 }

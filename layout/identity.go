@@ -92,11 +92,13 @@ func DecodeID(name string) ([]byte, error) {
 	return id, nil
 }
 
+// JobDir returns the directory, relative to a disk's root, that holds every
+// partition file of one job.
+func JobDir(job []byte) string { return DataDir + "/" + EncodeID(job) }
+
 // DatasetDir returns the directory, relative to a disk's root, that holds
 // every partition file of one dataset.
-func DatasetDir(job, dataset []byte) string {
-	return DataDir + "/" + EncodeID(job) + "/" + EncodeID(dataset)
-}
+func DatasetDir(job, dataset []byte) string { return JobDir(job) + "/" + EncodeID(dataset) }
 
 // MapPartitionPath returns the path, relative to a disk's root, of the
 // MapPartition file of one producer attempt.

@@ -318,6 +318,26 @@ func TestMapPartitionRandom(t *testing.T) {
 
 // TestIndexBlocksBounded checks that a lookup reads at most one block per
 // end and that blocks are split as the capacities say.
+// TestEmptyMapPartition: a producer that wrote nothing still leaves a valid
+// file of header, empty directory and footer, from which every range reads
+// nothing.
+func TestEmptyMapPartition(t *testing.T) {
+	s := mapSpec{subs: 5, regions: [][]goldenBuffer{nil, nil}, bcast: []bool{false, true}}
+	file, f := s.build(t, 0)
+	if f.Regions != 0 || f.FileLength != int64(len(file)) || len(file) != mapHeaderFixed+len("job")+len("ds")+dirOverhead+MapFooterSize {
+		t.Fatalf("footer %+v, %d bytes", f, len(file))
+	}
+	verifyOK(t, file)
+	p, err := OpenMapPartition(bytes.NewReader(file), int64(len(file)))
+	must(t, err)
+	if exts, _, err := p.Extents(bytes.NewReader(file), 0, 5, nil, nil); err != nil || len(exts) != 0 {
+		t.Fatalf("extents %v, %v", exts, err)
+	}
+	if _, _, err := p.Extents(bytes.NewReader(file), 5, 6, nil, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("range past the subpartitions: %v", err)
+	}
+}
+
 func TestIndexBlocksBounded(t *testing.T) {
 	for _, tc := range []struct {
 		name        string

@@ -389,8 +389,8 @@ type Extent struct {
 // buf as scratch; it returns buf, grown if it was shorter than
 // IndexBlockSizeMax.
 func (m *MapPartition) Extent(r io.ReaderAt, i int, start, end uint32, buf []byte) (Extent, []byte, error) {
-	if start >= end || start >= m.Header.SubpartitionCount {
-		return Extent{}, buf, invalidf("subpartition range [%d, %d) of %d", start, end, m.Header.SubpartitionCount)
+	if err := m.checkRange(start, end); err != nil {
+		return Extent{}, buf, err
 	}
 	reg := m.Region(i)
 	if reg.Broadcast {
@@ -422,10 +422,22 @@ func (m *MapPartition) Extent(r io.ReaderAt, i int, start, end uint32, buf []byt
 	return Extent{Region: i, Offset: reg.DataOffset + int64(rels[0]), Length: int64(rels[1] - rels[0])}, buf, nil
 }
 
+// checkRange checks a subpartition range [start, end): not empty, starting
+// at a subpartition of the file (end may pass the last one).
+func (m *MapPartition) checkRange(start, end uint32) error {
+	if start >= end || start >= m.Header.SubpartitionCount {
+		return invalidf("subpartition range [%d, %d) of %d", start, end, m.Header.SubpartitionCount)
+	}
+	return nil
+}
+
 // Extents appends to dst the non-empty extents of every region that hold
 // subpartitions [start, end), in file order: what a reader of that range
 // sends, region after region.
 func (m *MapPartition) Extents(r io.ReaderAt, start, end uint32, dst []Extent, buf []byte) ([]Extent, []byte, error) {
+	if err := m.checkRange(start, end); err != nil {
+		return dst, buf, err
+	}
 	for i := range m.Regions() {
 		e, b, err := m.Extent(r, i, start, end, buf)
 		buf = b

@@ -112,6 +112,9 @@ func decodeSegmentHeader(b []byte, kind FileKind, off int64) (SegmentHeader, err
 	return h, nil
 }
 
+// FrameSize returns the size of the segment: header and payload.
+func (h *SegmentHeader) FrameSize() int64 { return SegmentHeaderSize + int64(h.PayloadLength) }
+
 // CheckPayload checks that p is the payload h describes: its length and the
 // producer's CRC32C. Error offsets are relative to the header's start.
 func (h *SegmentHeader) CheckPayload(p []byte) error {
