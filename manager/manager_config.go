@@ -51,7 +51,9 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults: standalone, load-aware placement,
-// 2 s heartbeats, 10 s worker timeout, 60 s job lease.
+// 2 s heartbeats, 10 s worker timeout, 60 s job lease, 5 s etcd session
+// TTL and 3 s rebuild window (so a crashed leader is replaced, and its
+// successor answers in full, within 8 s even if a worker died with it).
 func DefaultConfig() Config {
 	return Config{
 		Listen:                  fmt.Sprintf(":%d", DefaultPort),
@@ -61,7 +63,7 @@ func DefaultConfig() Config {
 		WorkerTimeout:           10 * time.Second,
 		JobHeartbeatInterval:    2 * time.Second,
 		JobLeaseTimeout:         60 * time.Second,
-		RebuildWindow:           5 * time.Second,
+		RebuildWindow:           3 * time.Second,
 		ReleasedRetention:       10 * time.Minute,
 		Placement:               "load-aware",
 		ReserveBytes:            5 << 30,

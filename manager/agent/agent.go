@@ -11,7 +11,10 @@
 // (Worker.Partitions) and the deltas never miss a change: the agent drops
 // queued deltas before taking a snapshot, and a change that lands in both
 // is applied twice, which the manager tolerates (updates and removals are
-// idempotent).
+// idempotent). After a failed disk recovers, report the partitions still on
+// it again with Updated: the manager counts them lost until then.
+//
+// DiskUtilization computes DiskStatus.utilization from /proc/diskstats.
 package agent
 
 import (
