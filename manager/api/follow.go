@@ -38,13 +38,18 @@ type FollowerConfig struct {
 
 	// Protocol is the range this peer speaks (default LocalProtocol()).
 	Protocol *ProtocolRange
-	// DialOptions for the managers (default: plaintext).
+	// DialOptions for the managers (default: plaintext, and messages up to
+	// MaxMessageBytes: a large dataset's locations exceed gRPC's 4 MiB).
 	DialOptions []grpc.DialOption
 	// RetryTimeout bounds how long a call keeps retrying while no leader
 	// answers, when the call's context has no earlier deadline (default 30s).
 	RetryTimeout time.Duration
 	Logger       *slog.Logger
 }
+
+// MaxMessageBytes is the largest message a Follower sends or accepts by
+// default, matching the manager's default max-message-size.
+const MaxMessageBytes = 256 << 20
 
 // Follower is a grpc.ClientConnInterface that sends every call to the
 // current manager leader: wrap it with NewWorkerServiceClient and the other
@@ -89,7 +94,10 @@ func NewFollower(cfg FollowerConfig) (*Follower, error) {
 		cfg.RetryTimeout = 30 * time.Second
 	}
 	if len(cfg.DialOptions) == 0 {
-		cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		cfg.DialOptions = []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		}
 	}
 	f := &Follower{cfg: cfg, log: cfg.Logger, conns: map[string]*grpc.ClientConn{}, changed: make(chan struct{}), cluster: cfg.Cluster}
 	if f.log == nil {
