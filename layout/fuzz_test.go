@@ -272,6 +272,19 @@ func FuzzLogScanner(f *testing.F) {
 		if e.ValidLength+e.Padding+e.TornBytes != int64(len(data)) && s.Err() == nil {
 			t.Fatalf("end %+v does not account for %d bytes", e, len(data))
 		}
+		// What replays must compact into a log that replays to the same.
+		c, h, end, err := ReplayLog(data)
+		if err != nil {
+			return
+		}
+		compacted, _, err := c.AppendSnapshot(nil, LogHeader{Disk: h.Disk, Generation: h.Generation + 1, FirstLSN: h.FirstLSN + end.Records})
+		if err != nil {
+			t.Fatalf("compact: %v", err)
+		}
+		c2, _, _, err := ReplayLog(compacted)
+		if err != nil || len(c2.Maps) != len(c.Maps) || len(c2.Reduces) != len(c.Reduces) {
+			t.Fatalf("compacted log replays to %d maps, %d reduces (want %d, %d): %v", len(c2.Maps), len(c2.Reduces), len(c.Maps), len(c.Reduces), err)
+		}
 	})
 }
 

@@ -810,3 +810,82 @@ func TestDescribeCorrupt(t *testing.T) {
 		}
 	}
 }
+
+// TestCatalog replays the golden commit log, checks the golden partition
+// files against it, compacts it and replays the compacted log.
+func TestCatalog(t *testing.T) {
+	log := readGolden(t, "commitlog.bin")
+	c, h, end, err := ReplayLog(log)
+	must(t, err)
+	if h.Generation != 1 || end.Records != 9 || len(c.Maps) != 1 || len(c.Reduces) != 1 {
+		t.Fatalf("catalog %+v, header %+v, end %+v", c, h, end)
+	}
+	mk := MapKey{"wordcount-2026", "ds-7", 3, 1}
+	rk := ReduceKey{"wordcount-2026", "ds-8", 5}
+	if st := c.Reduces[rk]; st == nil || !st.Finalized || len(st.Commits) != 4 {
+		t.Fatalf("reduce state %+v", st)
+	}
+	ms := verifyOK(t, readGolden(t, "mappartition.bin")).Map
+	rs := verifyOK(t, readGolden(t, "reducepartition.bin")).Reduce
+	must(t, c.CheckMap(mk, ms))
+	must(t, c.CheckReduce(rk, rs))
+	if err := c.CheckMap(MapKey{"wordcount-2026", "ds-7", 3, 0}, ms); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("released attempt: %v", err)
+	}
+	for _, p := range []string{mk.Path(), rk.Path()} {
+		pp := ParsePath(p)
+		if pp.Kind == PathOther || (pp.Kind == PathMap && pp.Map != mk) || (pp.Kind == PathReduce && pp.Reduce != rk) {
+			t.Errorf("ParsePath(%q) = %+v", p, pp)
+		}
+	}
+	for _, p := range []string{"data/x/y/map-1-2", "data/d8/cg/map-01-2", "data/d8/cg/reduce-", "data/d8/cg/map-1", "tmp", "data/d8/cg/x/reduce-1"} {
+		if pp := ParsePath(p); pp.Kind != PathOther {
+			t.Errorf("ParsePath(%q) = %+v", p, pp)
+		}
+	}
+	if ParsePath("COMMITLOG").Kind != PathCommitLog || ParsePath("IDENTITY").Kind != PathDiskIdentity {
+		t.Errorf("per-disk files")
+	}
+
+	compacted, next, err := c.AppendSnapshot(nil, LogHeader{Disk: h.Disk, Generation: h.Generation + 1, FirstLSN: 100 + end.Records})
+	must(t, err)
+	c2, h2, end2, err := ReplayLog(compacted)
+	must(t, err)
+	if h2.Generation != 2 || next != 109+end2.Records || fmt.Sprint(c2.Maps) == "" || len(c2.Maps) != 1 || len(c2.Reduces) != 1 {
+		t.Fatalf("compacted: %+v %+v %d", h2, end2, next)
+	}
+	if c2.Maps[mk].FileLength != c.Maps[mk].FileLength || c2.Reduces[rk].FooterCRC != c.Reduces[rk].FooterCRC {
+		t.Errorf("compacted catalog differs: %+v %+v", c2.Maps, c2.Reduces[rk])
+	}
+
+	// An open ReducePartition against its commits.
+	s := reduceSpec{maps: 2, segs: []goldenSegment{{0, 0, 0, raw("a")}, {1, 0, 0, raw("b")}, {0, 0, 1, raw("c")}},
+		commits: []AttemptCommit{{Map: 0, Attempt: 0, Segments: 2, Bytes: 2}}}
+	open := s.build(t, false)
+	oc := NewCatalog()
+	must(t, oc.Apply(&Record{Kind: RecordReduceCommitted, Job: []byte("job"), Dataset: []byte("ds"), Index: 1,
+		Map: 0, Attempt: 0, Segments: 2, Bytes: 2, FileLength: int64(len(open))}, 0))
+	ok := ReduceKey{"job", "ds", 1}
+	for _, tc := range []struct {
+		cut  int
+		good bool
+	}{{len(open), true}, {len(open) - 1, false}, {len(open) - 33, false}} {
+		v := NewReduceVerifier(ReduceVerifyOptions{AllowOpen: true})
+		_, err := v.Write(open[:tc.cut])
+		must(t, err)
+		sum, err := v.Finish()
+		must(t, err)
+		if err := oc.CheckReduce(ok, &sum); (err == nil) != tc.good {
+			t.Errorf("open file cut at %d of %d: %v", tc.cut, len(open), err)
+		}
+	}
+	// Contradicting records are corruption.
+	if err := oc.Apply(&Record{Kind: RecordReduceCommitted, Job: []byte("job"), Dataset: []byte("ds"), Index: 1,
+		Map: 0, Attempt: 1, Segments: 1, Bytes: 1}, 0); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("second attempt of map 0 committed: %v", err)
+	}
+	must(t, oc.Apply(&Record{Kind: RecordReleased, Scope: ReleaseJob, Job: []byte("job")}, 0))
+	if len(oc.Reduces) != 0 {
+		t.Errorf("job release left %v", oc.Reduces)
+	}
+}
