@@ -241,7 +241,7 @@ func BenchmarkTrackedPartitionsMemory(b *testing.B) {
 }
 
 // BenchmarkFailover measures, with the default settings (worker heartbeats
-// every 2 s, etcd session TTL 5 s, rebuild window 5 s), the time from the
+// every 2 s, etcd session TTL 5 s, rebuild window 3 s), the time from the
 // leader dying to a complete location lookup answered by the new leader,
 // for a clean shutdown (session revoked) and a crash (lease left to
 // expire). It is a measurement, not an assertion:
