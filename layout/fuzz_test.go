@@ -353,6 +353,16 @@ func FuzzVerifyRepaired(f *testing.F) {
 			if _, err := serveReduceErr(p, data); err != nil {
 				t.Fatalf("verified file does not serve: %v", err)
 			}
+		case KindCommitLog:
+			if c, h, end, err := ReplayLog(data); err == nil {
+				compacted, _, err := c.AppendSnapshot(nil, LogHeader{Disk: h.Disk, Generation: h.Generation + 1, FirstLSN: h.FirstLSN + end.Records})
+				if err != nil {
+					t.Fatalf("compact: %v", err)
+				}
+				if c2, _, _, err := ReplayLog(compacted); err != nil || len(c2.Maps) != len(c.Maps) || len(c2.Reduces) != len(c.Reduces) {
+					t.Fatalf("compacted log does not replay to the same state: %v", err)
+				}
+			}
 		}
 		if err := Describe(io.Discard, r, int64(len(data)), DescribeOptions{MaxItems: 1000}); err != nil {
 			t.Fatalf("describe: %v", err)
