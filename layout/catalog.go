@@ -226,12 +226,13 @@ func (c *Catalog) AppendSnapshot(dst []byte, h LogHeader) ([]byte, uint64, error
 
 // CheckMap compares a verified MapPartition file with its commit: same
 // identity, length and footer CRC. It is how fsck and recovery tell a
-// committed file from a stale or foreign one.
+// committed file from a stale or foreign one. A file without a commit record
+// is ErrUncommitted; a file that contradicts its record is ErrCorrupt.
 func (c *Catalog) CheckMap(k MapKey, s *MapSummary) error {
 	m, ok := c.Maps[k]
 	switch {
 	case !ok:
-		return &CorruptError{File: KindMapPartition, Offset: -1, What: k.Path() + ": no commit record (never committed, or released)"}
+		return fmt.Errorf("%w: %s (never committed, or released)", ErrUncommitted, k.Path())
 	case string(s.Header.Job) != k.Job || string(s.Header.Dataset) != k.Dataset || s.Header.MapIndex != k.Map || s.Header.Attempt != k.Attempt:
 		return &CorruptError{File: KindMapPartition, Offset: 0, What: fmt.Sprintf("%s holds the partition of job %q dataset %q map %d attempt %d",
 			k.Path(), s.Header.Job, s.Header.Dataset, s.Header.MapIndex, s.Header.Attempt)}
@@ -254,7 +255,7 @@ func (c *Catalog) CheckReduce(k ReduceKey, s *ReduceSummary) error {
 	}
 	switch {
 	case !ok:
-		return bad("no commit record (never committed, or released)")
+		return fmt.Errorf("%w: %s (never committed, or released)", ErrUncommitted, k.Path())
 	case string(s.Header.Job) != k.Job || string(s.Header.Dataset) != k.Dataset || s.Header.ReduceIndex != k.Reduce:
 		return bad("holds the partition of job %q dataset %q reduce %d", s.Header.Job, s.Header.Dataset, s.Header.ReduceIndex)
 	case st.Finalized != s.Finalized:

@@ -18,6 +18,10 @@ var (
 	ErrTruncated = errors.New("layout: truncated")
 	// ErrVersion: a newer format major. The error is a *VersionError.
 	ErrVersion = errors.New("layout: unsupported format version")
+	// ErrUncommitted: the commit log has no record of a partition file:
+	// it was never committed (or was released), so recovery deletes it and
+	// fsck reports it INCOMPLETE rather than CORRUPT.
+	ErrUncommitted = errors.New("layout: no commit record")
 	// ErrInvalid: an encoder was given a value the format cannot hold (an
 	// identity too long, a subpartition out of range, buffers out of order).
 	// It is a caller's mistake, never the disk's.

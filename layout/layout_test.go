@@ -829,7 +829,7 @@ func TestCatalog(t *testing.T) {
 	rs := verifyOK(t, readGolden(t, "reducepartition.bin")).Reduce
 	must(t, c.CheckMap(mk, ms))
 	must(t, c.CheckReduce(rk, rs))
-	if err := c.CheckMap(MapKey{"wordcount-2026", "ds-7", 3, 0}, ms); !errors.Is(err, ErrCorrupt) {
+	if err := c.CheckMap(MapKey{"wordcount-2026", "ds-7", 3, 0}, ms); !errors.Is(err, ErrUncommitted) || errors.Is(err, ErrCorrupt) {
 		t.Errorf("released attempt: %v", err)
 	}
 	for _, p := range []string{mk.Path(), rk.Path()} {
@@ -883,6 +883,10 @@ func TestCatalog(t *testing.T) {
 	if err := oc.Apply(&Record{Kind: RecordReduceCommitted, Job: []byte("job"), Dataset: []byte("ds"), Index: 1,
 		Map: 0, Attempt: 1, Segments: 1, Bytes: 1}, 0); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("second attempt of map 0 committed: %v", err)
+	}
+	// A file that names another partition than its path is corrupt.
+	if err := c.CheckMap(mk, &MapSummary{Header: MapHeader{Job: []byte("other"), Dataset: []byte("ds-7"), MapIndex: 3, Attempt: 1}}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("foreign file: %v", err)
 	}
 	must(t, oc.Apply(&Record{Kind: RecordReleased, Scope: ReleaseJob, Job: []byte("job")}, 0))
 	if len(oc.Reduces) != 0 {
