@@ -77,6 +77,16 @@ func (b Bytes) String() string {
 	return strconv.FormatUint(uint64(b), 10)
 }
 
+// Set parses a size, making *Bytes a flag.Value.
+func (b *Bytes) Set(s string) error {
+	v, err := ParseBytes(s)
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
 // UnmarshalYAML accepts a number or a string with a unit.
 func (b *Bytes) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseBytes(n.Value)

@@ -118,3 +118,15 @@ func TestHelpAndDump(t *testing.T) {
 		t.Fatalf("round trip: %+v != %+v\n%s", back, s, out)
 	}
 }
+
+func TestBytesIsAFlagValue(t *testing.T) {
+	var b Bytes
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.Var(&b, "size", "")
+	if err := fs.Parse([]string{"--size", "2GiB"}); err != nil || b != 2<<30 {
+		t.Fatalf("--size 2GiB: %v, %d", err, b)
+	}
+	if err := fs.Parse([]string{"--size", "lots"}); err == nil {
+		t.Fatal("--size lots accepted")
+	}
+}

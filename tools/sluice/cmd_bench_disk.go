@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/sluice-shuffle/sluice/engine/diskio"
+	"github.com/sluice-shuffle/sluice/manager/config"
 	"github.com/sluice-shuffle/sluice/tools/bench"
 )
 
@@ -21,7 +22,7 @@ func init() {
 func runBenchDisk(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench disk", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	size, block := byteSize(2<<30), byteSize(1<<20)
+	size, block := config.Bytes(2<<30), config.Bytes(1<<20)
 	dir := fs.String("dir", os.TempDir(), "directory on the disk to measure")
 	fs.Var(&size, "size", "bytes to write, then read")
 	fs.Var(&block, "block", "bytes per request")
@@ -60,7 +61,7 @@ func runBenchDisk(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if f != nil {
 			fw, fr = fmt.Sprintf("%.0f", f.WriteMiBs), fmt.Sprintf("%.0f", f.ReadMiBs)
 		}
-		fmt.Fprintf(stdout, "%-4d %-8s %-9s %-7s %6d %12.0f %12.0f %12s %12s\n", n, r.Backend, mode, formatBytes(int64(r.BlockBytes)), r.Depth, r.WriteMiBs, r.ReadMiBs, fw, fr)
+		fmt.Fprintf(stdout, "%-4d %-8s %-9s %-7s %6d %12.0f %12.0f %12s %12s\n", n, r.Backend, mode, config.Bytes(r.BlockBytes), r.Depth, r.WriteMiBs, r.ReadMiBs, fw, fr)
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice bench disk: %v\n", err)

@@ -78,16 +78,3 @@ func TestBenchDiskBadFlags(t *testing.T) {
 		}
 	}
 }
-
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "64KiB": 64 << 10, "1MiB": 1 << 20, "2GiB": 2 << 30, "3G": 3 << 30, "10 MB": 10 << 20} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "-1", "1.5GiB", "GiB", "1XB", "99999999999TiB"} {
-		if _, err := parseByteSize(bad); err == nil {
-			t.Errorf("parseByteSize(%q) accepted", bad)
-		}
-	}
-}
