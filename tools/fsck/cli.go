@@ -67,6 +67,12 @@ or IO error. A progress bar goes to stderr when it is a terminal.`)
 		fmt.Fprintf(stderr, "sluice fsck: "+format+"\n", a...)
 		return ExitError
 	}
+	switch {
+	case *jobs < 1:
+		return usageErr("--jobs must be at least 1")
+	case *depth < 1:
+		return usageErr("--depth must be at least 1")
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	opts := Options{Backend: *backend, Jobs: *jobs, ReadsInFlight: *depth, ReadBytes: int(readBytes), Quarantine: *quarantine, Log: log}
 

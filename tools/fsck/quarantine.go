@@ -125,7 +125,7 @@ func (c *checker) release(ctx context.Context, u *unit) {
 	}()
 	var bad []*entry
 	for _, e := range u.entries {
-		if e.res.Status == StatusCorrupt && e.res.Commit == CommitCommitted && e.disk != nil {
+		if e.res.Status == StatusCorrupt && e.disk != nil && e.res.Commit != "" {
 			bad = append(bad, e)
 		}
 	}
