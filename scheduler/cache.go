@@ -1,0 +1,191 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// The read-ahead cache holds whole read buffers, keyed by (file, slot): in
+// read-ahead mode every disk read covers whole slots, file ranges
+// [k*B, (k+1)*B) where B is the pool's buffer size, so one pool buffer holds
+// exactly one slot and a later reader finds the slots of its extent with one
+// lookup each. An entry holds a reference on its pool buffer, which the
+// buffer's share counts like any other; eviction drops the reference and
+// the buffer returns to the pool as soon as no chunk still uses it. The
+// cache's capacity (ristretto's MaxCost) is in bytes of whole buffers, so it
+// bounds the pool memory the cache pins exactly, up to the few entries
+// ristretto is still admitting or evicting asynchronously.
+
+// slotEntry is a cached slot: the buffer and the generation it was filled
+// in, and what it holds.
+type slotEntry struct {
+	rb   *readBuf
+	gen  uint32
+	file uint64 // FileKey hash, checked against the key on a hit
+	slot int64
+	n    int // valid bytes
+}
+
+type slotCache struct {
+	c *ristretto.Cache[uint64, slotEntry]
+}
+
+func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
+	entries := max(maxBytes/int64(slotBytes), 1)
+	c, err := ristretto.NewCache(&ristretto.Config[uint64, slotEntry]{
+		NumCounters:        max(10*entries, 1024),
+		MaxCost:            maxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		// OnExit runs for every value that leaves the cache or is never
+		// admitted (eviction, rejection, replacement, deletion, Close). A
+		// deletion also reports the zero value once more.
+		OnExit: func(e slotEntry) {
+			if e.rb != nil {
+				e.rb.release()
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: read-ahead cache: %w", err)
+	}
+	return &slotCache{c: c}, nil
+}
+
+func slotKey(file uint64, slot int64) uint64 {
+	// splitmix64 finalizer over both halves: neighbouring slots of one file
+	// spread over the whole key space.
+	x := file ^ uint64(slot)*0x9e3779b97f4a7c15
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// get returns the cached slot with a reference taken on its buffer, or false.
+func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
+	e, ok := c.c.Get(slotKey(file, slot))
+	if !ok || e.file != file || e.slot != slot || !e.rb.acquire(e.gen) {
+		return slotEntry{}, false
+	}
+	return e, true
+}
+
+// put offers a filled buffer to the cache. The cache takes its own
+// reference; the caller keeps its own.
+func (c *slotCache) put(e slotEntry, cost int64) {
+	e.rb.ref()
+	if !c.c.Set(slotKey(e.file, e.slot), e, cost) {
+		e.rb.release() // dropped at once: the cache never saw it
+	}
+}
+
+func (c *slotCache) close() { c.c.Close() }
+
+// IndexCache is a cost-bounded cache of index blocks (and any other small,
+// immutable metadata reads), keyed by (file, offset, length). Its entries
+// are heap copies, accounted exactly against its own byte budget rather
+// than the buffer pool: an index block is at most 4 KiB, and pinning a pool
+// buffer for each would waste most of it. The engine's partition readers use
+// it through ReaderAt, which layout's index lookups accept as the
+// io.ReaderAt they read index blocks from.
+type IndexCache struct {
+	c      *ristretto.Cache[uint64, indexEntry]
+	hits   atomic.Int64
+	misses atomic.Int64
+}
+
+type indexEntry struct {
+	file uint64
+	off  int64
+	b    []byte
+}
+
+// IndexCacheStats counts lookups of index blocks.
+type IndexCacheStats struct {
+	Hits, Misses int64
+}
+
+// NewIndexCache returns a cache of at most maxBytes of cached bytes.
+func NewIndexCache(maxBytes int64) (*IndexCache, error) {
+	if maxBytes <= 0 {
+		return nil, errors.New("scheduler: index cache needs a positive size")
+	}
+	c, err := ristretto.NewCache(&ristretto.Config[uint64, indexEntry]{
+		NumCounters:        max(maxBytes/100, 1024), // ~10 counters per 1 KiB entry
+		MaxCost:            maxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: index cache: %w", err)
+	}
+	return &IndexCache{c: c}, nil
+}
+
+func indexKey(file uint64, off int64, n int) uint64 {
+	return slotKey(file^uint64(n)<<48, off)
+}
+
+// Get copies the cached bytes of (file, off, len(p)) into p.
+func (ic *IndexCache) Get(file FileKey, off int64, p []byte) bool {
+	h := file.hash()
+	e, ok := ic.c.Get(indexKey(h, off, len(p)))
+	if !ok || e.file != h || e.off != off || len(e.b) != len(p) {
+		ic.misses.Add(1)
+		return false
+	}
+	copy(p, e.b)
+	ic.hits.Add(1)
+	return true
+}
+
+// Set caches a copy of b as the bytes of file at off.
+func (ic *IndexCache) Set(file FileKey, off int64, b []byte) {
+	h := file.hash()
+	ic.c.Set(indexKey(h, off, len(b)), indexEntry{file: h, off: off, b: append([]byte(nil), b...)}, int64(len(b)))
+}
+
+// Stats returns the hit and miss counts.
+func (ic *IndexCache) Stats() IndexCacheStats {
+	return IndexCacheStats{Hits: ic.hits.Load(), Misses: ic.misses.Load()}
+}
+
+// Close drops every entry.
+func (ic *IndexCache) Close() { ic.c.Close() }
+
+// indexReadMax is the largest read ReaderAt caches: an index block
+// (layout.IndexBlockSizeMax) or a footer, not bulk data.
+const indexReadMax = 4096
+
+// ReaderAt wraps r, the reader of the file whose key is file, so that reads
+// of at most 4 KiB are served from the cache and cached on a miss; larger
+// reads pass through.
+func (ic *IndexCache) ReaderAt(file FileKey, r io.ReaderAt) io.ReaderAt {
+	return &cachedReaderAt{ic: ic, file: file, r: r}
+}
+
+type cachedReaderAt struct {
+	ic   *IndexCache
+	file FileKey
+	r    io.ReaderAt
+}
+
+func (c *cachedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) > indexReadMax {
+		return c.r.ReadAt(p, off)
+	}
+	if c.ic.Get(c.file, off, p) {
+		return len(p), nil
+	}
+	n, err := c.r.ReadAt(p, off)
+	if n == len(p) {
+		c.ic.Set(c.file, off, p)
+	}
+	return n, err
+}
