@@ -30,18 +30,19 @@ type ios struct {
 
 	mu       sync.Mutex
 	buffered diskio.IO
-	noted    map[string]bool // directories already logged as buffered
+	noted    map[uint64]bool // filesystems (st_dev) already logged as read buffered
 }
 
 func newIOs(opts *Options, depth int) (*ios, error) {
-	s := &ios{depth: depth, log: opts.Log, noted: make(map[string]bool)}
-	if opts.IO != nil {
-		s.primary = opts.IO
-		return s, nil
-	}
+	s := &ios{depth: depth, log: opts.Log, noted: make(map[uint64]bool)}
 	backend := opts.Backend
 	if backend == "" {
 		backend = diskio.BackendAuto
+	}
+	if opts.IO != nil {
+		s.primary = opts.IO
+		s.fallback = backend == diskio.BackendAuto && opts.IO.Info().Direct
+		return s, nil
 	}
 	io, err := diskio.New(diskio.Config{Backend: backend, Depth: depth, Log: opts.Log})
 	if err != nil {
@@ -78,9 +79,11 @@ func (s *ios) bufferedIO(path string) (diskio.IO, error) {
 		}
 		s.buffered = b
 	}
-	if dir := filepath.Dir(path); !s.noted[dir] && s.log != nil {
-		s.noted[dir] = true
-		s.log.Warn("fsck: O_DIRECT refused by the filesystem; reading through the page cache", "dir", dir)
+	// One line per filesystem.
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err == nil && !s.noted[st.Dev] && s.log != nil {
+		s.noted[st.Dev] = true
+		s.log.Warn("fsck: O_DIRECT refused by the filesystem; reading its files through the page cache", "dir", filepath.Dir(path))
 	}
 	return s.buffered, nil
 }
