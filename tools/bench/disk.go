@@ -202,21 +202,40 @@ func DiskRuns(ctx context.Context, cfg DiskConfig, runs int, withFio bool, each 
 	var rep DiskReport
 	var w, r, fw, fr, wr, rr []float64
 	for i := 0; i < max(runs, 1); i++ {
+		// Odd runs let fio go first, so that neither side always follows the
+		// other's file deletion or always meets the disk's cache warm.
+		var fres *FioResult
+		runFio := func() error {
+			if !withFio {
+				return nil
+			}
+			f, err := Fio(ctx, cfg.Dir, rep.Bytes, cfg.Block, cfg.Depth)
+			if err != nil {
+				return err
+			}
+			fres = &f
+			return nil
+		}
+		rep.Bytes = cfg.Size / int64(cfg.Block) * int64(cfg.Block)
+		if i%2 == 1 {
+			if err := runFio(); err != nil {
+				return rep, err
+			}
+		}
 		res, err := Disk(ctx, cfg)
 		if err != nil {
 			return rep, err
 		}
 		rep.DiskResult = res
 		w, r = append(w, res.WriteMiBs), append(r, res.ReadMiBs)
-		var fres *FioResult
-		if withFio {
-			f, err := Fio(ctx, cfg.Dir, res.Bytes, cfg.Block, cfg.Depth)
-			if err != nil {
+		if i%2 == 0 {
+			if err := runFio(); err != nil {
 				return rep, err
 			}
-			fres = &f
-			fw, fr = append(fw, f.WriteMiBs), append(fr, f.ReadMiBs)
-			wr, rr = append(wr, res.WriteMiBs/f.WriteMiBs), append(rr, res.ReadMiBs/f.ReadMiBs)
+		}
+		if fres != nil {
+			fw, fr = append(fw, fres.WriteMiBs), append(fr, fres.ReadMiBs)
+			wr, rr = append(wr, res.WriteMiBs/fres.WriteMiBs), append(rr, res.ReadMiBs/fres.ReadMiBs)
 		}
 		if each != nil {
 			each(res, fres)
