@@ -39,6 +39,9 @@ type FsckConfig struct {
 	Jobs          int
 	ReadsInFlight int
 	ReadBytes     int
+	// FioFixedBufs adds --fixedbufs to fio's reference read: registered
+	// buffers, as fsck's io_uring backend uses where it may.
+	FioFixedBufs bool
 	// Keep leaves the disk and fio's file in place for the next run of
 	// the benchmark (which reuses them if they were made alike).
 	Keep bool
@@ -81,19 +84,20 @@ type FsckRun struct {
 // FsckReport is the medians of several runs. Its JSON is the object
 // BENCHMARKS.md quotes.
 type FsckReport struct {
-	Bench       string    `json:"bench"` // "fsck"
-	FsckMiBs    float64   `json:"fsck_mib_s"`
-	FioReadMiBs float64   `json:"fio_read_mib_s,omitempty"`
-	Ratio       float64   `json:"ratio,omitempty"`
-	Runs        int       `json:"runs"`
-	Bytes       int64     `json:"bytes"`
-	Files       int       `json:"files"`
-	Backend     string    `json:"backend"`
-	Direct      bool      `json:"direct"`
-	Jobs        int       `json:"jobs"`
-	Depth       int       `json:"reads_in_flight"`
-	ReadBytes   int       `json:"read_bytes"`
-	PerRun      []FsckRun `json:"per_run"`
+	Bench        string    `json:"bench"` // "fsck"
+	FsckMiBs     float64   `json:"fsck_mib_s"`
+	FioReadMiBs  float64   `json:"fio_read_mib_s,omitempty"`
+	Ratio        float64   `json:"ratio,omitempty"`
+	FioFixedBufs bool      `json:"fio_fixedbufs,omitempty"`
+	Runs         int       `json:"runs"`
+	Bytes        int64     `json:"bytes"`
+	Files        int       `json:"files"`
+	Backend      string    `json:"backend"`
+	Direct       bool      `json:"direct"`
+	Jobs         int       `json:"jobs"`
+	Depth        int       `json:"reads_in_flight"`
+	ReadBytes    int       `json:"read_bytes"`
+	PerRun       []FsckRun `json:"per_run"`
 }
 
 // fsckReference is fio's pattern for the reference read, the one the issue
@@ -131,7 +135,7 @@ func FsckRuns(ctx context.Context, cfg FsckConfig, runs int, withFio bool, each 
 			return rep, err
 		}
 	}
-	rep = FsckReport{Bench: "fsck", Bytes: size, Files: files}
+	rep = FsckReport{Bench: "fsck", Bytes: size, Files: files, FioFixedBufs: withFio && cfg.FioFixedBufs}
 	var fs, fr, ratios []float64
 	for i := range max(runs, 1) {
 		var run FsckRun
@@ -141,7 +145,7 @@ func FsckRuns(ctx context.Context, cfg FsckConfig, runs int, withFio bool, each 
 			if !withFio {
 				return nil
 			}
-			bw, err := fioRead(ctx, fioFile, size)
+			bw, err := fioRead(ctx, fioFile, size, cfg.FioFixedBufs)
 			run.FioReadMiBs = bw / (1 << 20)
 			return err
 		}
@@ -438,7 +442,10 @@ func ensureFioFile(ctx context.Context, path string, size int64) error {
 
 // fioRead reads the file at path sequentially with fio's reference pattern
 // and returns its bandwidth in bytes/s.
-func fioRead(ctx context.Context, path string, size int64) (float64, error) {
+func fioRead(ctx context.Context, path string, size int64, fixedBufs bool) (float64, error) {
+	if fixedBufs {
+		return runFio(ctx, "read", path, size, "--fixedbufs")
+	}
 	return runFio(ctx, "read", path, size)
 }
 

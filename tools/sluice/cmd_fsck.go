@@ -39,6 +39,7 @@ func runBenchFsck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(&readBytes, "read-size", "bytes per read")
 	runs := fs.Int("runs", 1, "runs; medians are reported")
 	withFio := fs.Bool("fio", false, "after each fsck run, read a file of the same size in the same directory with fio (--rw=read --direct=1 --ioengine=io_uring --bs=4M --iodepth=4) and report the ratio")
+	fixedBufs := fs.Bool("fio-fixedbufs", false, "give fio registered buffers (--fixedbufs), as fsck's io_uring backend has where it may")
 	keep := fs.Bool("keep", false, "keep the written disk and fio's file for the next run")
 	asJSON := fs.Bool("json", false, "end the output with one JSON object")
 	fs.Usage = func() {
@@ -58,7 +59,8 @@ func runBenchFsck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	cfg := bench.FsckConfig{
 		Dir: *dir, Size: int64(size), FileBytes: int64(fileBytes), BufferBytes: int(bufBytes), RegionBytes: int64(regionBytes),
 		Subpartitions: uint32(*subs), Backend: *backend, Jobs: *jobs, ReadsInFlight: *depth, ReadBytes: int(readBytes), Keep: *keep,
-		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		FioFixedBufs: *fixedBufs,
+		Log:          slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	fmt.Fprintf(stdout, "%-4s %12s %10s %12s %8s\n", "run", "fsck MiB/s", "fsck s", "fio MiB/s", "ratio")
 	rep, err := bench.FsckRuns(ctx, cfg, *runs, *withFio, func(i int, r bench.FsckRun) {
@@ -79,7 +81,11 @@ func runBenchFsck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "median of %d over %d files (%.0f MiB; %s, %s, %d jobs, %d reads of %s in flight each): fsck %.0f MiB/s",
 		rep.Runs, rep.Files, float64(rep.Bytes)/(1<<20), rep.Backend, mode, rep.Jobs, rep.Depth, config.Bytes(rep.ReadBytes), rep.FsckMiBs)
 	if *withFio {
-		fmt.Fprintf(stdout, "; fio read %.0f MiB/s; fsck/fio %.1f%%", rep.FioReadMiBs, 100*rep.Ratio)
+		fixed := ""
+		if rep.FioFixedBufs {
+			fixed = " (--fixedbufs)"
+		}
+		fmt.Fprintf(stdout, "; fio read%s %.0f MiB/s; fsck/fio %.1f%%", fixed, rep.FioReadMiBs, 100*rep.Ratio)
 	}
 	fmt.Fprintln(stdout)
 	if *asJSON {
