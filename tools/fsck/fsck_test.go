@@ -710,7 +710,7 @@ func TestProgress(t *testing.T) {
 	p.mu.Unlock()
 	p.pause(func() { buf.WriteString("a result\n") })
 	p.finish()
-	if s := buf.String(); !strings.Contains(s, "50%") || !strings.Contains(s, "\r\x1b[Ka result\n") {
+	if s := buf.String(); !strings.Contains(s, "50%") || !strings.Contains(s, "\r\x1b[Ka result\n\r\x1b[Kfsck [") || !strings.HasSuffix(s, "\r\x1b[K") {
 		t.Errorf("progress output %q", s)
 	}
 	// No terminal, no bar: the command passes nil.

@@ -80,7 +80,8 @@ func (p *progress) finish() {
 	p.mu.Unlock()
 }
 
-// pause runs fn (which prints) with the bar cleared.
+// pause runs fn (which prints) with the bar cleared, and draws the bar
+// again below what fn printed.
 func (p *progress) pause(fn func()) {
 	if p == nil {
 		fn()
@@ -88,8 +89,12 @@ func (p *progress) pause(fn func()) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	shown := p.shown
 	p.clearLocked()
 	fn()
+	if shown {
+		p.drawLocked()
+	}
 }
 
 func (p *progress) clearLocked() {

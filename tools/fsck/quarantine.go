@@ -132,6 +132,9 @@ func (c *checker) release(ctx context.Context, u *unit) {
 	if len(bad) == 0 {
 		return
 	}
+	if q.refuse == "" && ctx.Err() != nil {
+		q.refuse = "fsck was interrupted"
+	}
 	if q.refuse != "" {
 		for _, e := range bad {
 			e.res.QuarantineError = "not quarantined: " + q.refuse
