@@ -3,6 +3,7 @@ package fsck
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -490,6 +491,29 @@ func TestSingleFiles(t *testing.T) {
 	code, out, _ = runMain(t, p)
 	if code != ExitClean || !strings.Contains(out, "open (not finalized)") || !strings.Contains(out, "ignored tail") {
 		t.Errorf("open reduce alone: exit %d\n%s", code, out)
+	}
+}
+
+// TestNewerVersionAndSymlinkedDisk: a partition written by a newer major
+// is an ERROR that says to upgrade (fsck cannot judge it), not CORRUPT; and
+// a disk directory reached through a symbolic link is walked.
+func TestNewerVersionAndSymlinkedDisk(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "disk")
+	d := newTestDisk(t, dir, 9)
+	mf := d.writeMap("j", "d", 0, 0, 1, 2, 100)
+	d.commitMap(mf)
+	d.writeLog(nil)
+	b := mf.bytes
+	hl := int(binary.LittleEndian.Uint32(b[12:]))
+	binary.LittleEndian.PutUint16(b[8:], 2)
+	binary.LittleEndian.PutUint32(b[hl-4:], layout.Checksum(b[:hl-4]))
+	d.write(mf.rel, b)
+	link := filepath.Join(root, "link")
+	must(t, os.Symlink(dir, link))
+	code, out, _ := runMain(t, link)
+	if code != ExitError || !strings.Contains(out, "ERROR       "+filepath.Join(link, filepath.FromSlash(mf.rel))) || !strings.Contains(out, "upgrade Sluice") {
+		t.Fatalf("exit %d\n%s", code, out)
 	}
 }
 

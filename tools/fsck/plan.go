@@ -156,8 +156,14 @@ func (c *checker) planDisk(ctx context.Context, dir, abs string) (*unit, error) 
 	var files []*entry
 	present := make(map[string]bool)
 	haveData := false
-	walkErr := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
-		rel, rerr := filepath.Rel(dir, p)
+	// WalkDir does not follow a symbolic link, not even at the root; a
+	// disk directory may well be one (/srv/sluice/disk0 -> /mnt/sdb).
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fsck: %s: %w", dir, err)
+	}
+	walkErr := filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+		rel, rerr := filepath.Rel(root, p)
 		if rerr != nil {
 			return rerr
 		}

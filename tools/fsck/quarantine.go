@@ -55,9 +55,10 @@ type diskQuarantine struct {
 	refuse string
 }
 
-// lockDisk takes an exclusive flock(2) on the disk directory. The engine
-// holds the same lock while it owns a disk, so fsck never changes a disk a
-// worker is using.
+// lockDisk takes an exclusive flock(2) on the disk directory, without
+// waiting. This is the contract with the engine, which takes the same lock
+// while it owns a disk: fsck never changes a disk a worker is using, and a
+// worker never starts on a disk fsck is changing.
 func lockDisk(dir string) (int, error) {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
