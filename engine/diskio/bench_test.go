@@ -66,7 +66,7 @@ func benchSeam(b *testing.B, backend string, op Op, block, depth int) {
 	// A file of 256 blocks, preallocated and written once so reads hit data;
 	// ops cycle over it.
 	const fileBlocks = 256
-	if err := f.Allocate(0, fileBlocks*int64(block)); err != nil {
+	if err := f.Preallocate(0, fileBlocks*int64(block)); err != nil {
 		b.Fatal(err)
 	}
 	bufs := make([]*mem.Buf, depth)

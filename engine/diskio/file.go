@@ -61,26 +61,9 @@ func (f *File) Size() (int64, error) {
 	return st.Size, nil
 }
 
-// Allocate reserves [off, off+n) on disk without changing the file size
-// (fallocate(2) with FALLOC_FL_KEEP_SIZE). O_DIRECT writes into allocated
-// space do not need ext4's inode lock for extending the file (see
-// DESIGN.md, "Measured on this machine").
-func (f *File) Allocate(off, n int64) error {
-	for {
-		err := unix.Fallocate(f.fd, unix.FALLOC_FL_KEEP_SIZE, off, n)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return &OpError{Op: OpWrite, Path: f.path, Off: off, Len: int(n), Err: fmt.Errorf("fallocate: %w", err)}
-		}
-		return nil
-	}
-}
-
 // Preallocate reserves [off, off+n) on disk and extends the file size to
-// cover it (fallocate(2) with mode 0): the new range reads as zeros. Unlike
-// Allocate, later writes into the range do not extend the file, so ext4
+// cover it (fallocate(2) with mode 0): the new range reads as zeros, and
+// later writes into it do not extend the file, so ext4
 // takes its inode lock shared for them and O_DIRECT writes run in
 // parallel (ext4_dio_write_checks: only writes past i_size, or unaligned
 // ones, take it exclusively); fio's default fallocate=native does the

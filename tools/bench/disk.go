@@ -42,7 +42,8 @@ type DiskResult struct {
 // Disk writes a file of cfg.Size bytes sequentially through the IO seam,
 // with cfg.Depth requests of cfg.Block bytes in flight, then reads it back
 // the same way. The write phase does what the engine does: preallocate the
-// file in one fallocate, write, fdatasync; its time includes all three, as
+// file (diskio.File.Preallocate, so no write extends it), write, fdatasync;
+// its time includes all three, as
 // fio's figure with --end_fsync=1 includes the final fsync. Each block
 // carries its index in its first bytes and the read phase checks it, so a
 // read that returned the wrong block fails the benchmark.
@@ -93,7 +94,7 @@ func runDisk(ctx context.Context, io diskio.IO, pool *mem.Pool, path string, blo
 	}
 
 	start := time.Now()
-	if err := f.Allocate(0, blocks*int64(block)); err != nil {
+	if err := f.Preallocate(0, blocks*int64(block)); err != nil {
 		return err
 	}
 	if err := sweep(ctx, io, f, bufs, blocks, diskio.OpWrite); err != nil {
