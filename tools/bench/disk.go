@@ -39,6 +39,13 @@ type DiskResult struct {
 	ReadSecs   float64 `json:"read_s"`
 }
 
+func (cfg *DiskConfig) check() error {
+	if cfg.Block <= 0 || cfg.Depth <= 0 || cfg.Size < int64(cfg.Block) {
+		return fmt.Errorf("bench disk: need block > 0, depth > 0 and size ≥ block (have %d, %d, %d)", cfg.Block, cfg.Depth, cfg.Size)
+	}
+	return nil
+}
+
 // Disk writes a file of cfg.Size bytes sequentially through the IO seam,
 // with cfg.Depth requests of cfg.Block bytes in flight, then reads it back
 // the same way. The write phase does what the engine does: preallocate the
@@ -49,8 +56,8 @@ type DiskResult struct {
 // read that returned the wrong block fails the benchmark.
 func Disk(ctx context.Context, cfg DiskConfig) (DiskResult, error) {
 	res := DiskResult{Bench: "disk", BlockBytes: cfg.Block, Depth: cfg.Depth}
-	if cfg.Block <= 0 || cfg.Depth <= 0 || cfg.Size < int64(cfg.Block) {
-		return res, fmt.Errorf("bench disk: need block > 0, depth > 0 and size ≥ block (have %d, %d, %d)", cfg.Block, cfg.Depth, cfg.Size)
+	if err := cfg.check(); err != nil {
+		return res, err
 	}
 	blocks := cfg.Size / int64(cfg.Block)
 	res.Bytes = blocks * int64(cfg.Block)
@@ -201,6 +208,9 @@ type DiskReport struct {
 // same noise), and reports medians. each, when set, sees every single run.
 func DiskRuns(ctx context.Context, cfg DiskConfig, runs int, withFio bool, each func(DiskResult, *FioResult)) (DiskReport, error) {
 	var rep DiskReport
+	if err := cfg.check(); err != nil {
+		return rep, err
+	}
 	var w, r, fw, fr, wr, rr []float64
 	for i := 0; i < max(runs, 1); i++ {
 		// Odd runs let fio go first, so that neither side always follows the
