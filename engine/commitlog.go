@@ -1,0 +1,291 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sluice-shuffle/sluice/engine/diskio"
+	"github.com/sluice-shuffle/sluice/layout"
+	"golang.org/x/sys/unix"
+)
+
+// commitLog is a disk's COMMITLOG open for appending, and its group
+// committer: one goroutine that takes every record queued since its last
+// write, fsyncs the data directories that got new entries meanwhile (a
+// partition's directory entry must be durable before the record that makes
+// it readable), appends the records in one O_DIRECT write, fdatasyncs the
+// log and wakes every waiter. A thousand partitions finishing together cost
+// one log write and one fdatasync, not a thousand.
+//
+// The log is zero-filled ahead of its records (the format allows zero
+// padding after the last record), so an append overwrites allocated,
+// written blocks and its fdatasync needs no file system metadata: the
+// classic write-ahead-log trick. The last partial block of the records stays
+// in memory and is rewritten by the next append.
+type commitLog struct {
+	d      *Disk
+	f      *diskio.File
+	align  int64
+	mapped []byte // mmap'd: buf then zero
+	buf    []byte // the tail block, then the records being appended
+	zero   []byte // zeros, for filling ahead
+
+	// Owned by the committer goroutine once it runs.
+	tailStart int64 // file offset of buf[0]; aligned
+	off       int64 // end of the last record
+	zeroed    int64 // the file is written (with zeros) up to here
+	nextLSN   uint64
+	dirs      []string
+	batch     []*commitReq
+	broken    error // a failed fdatasync: no more appends
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	queue  []*commitReq
+	closed bool
+	done   chan struct{}
+}
+
+// commitReq is one record waiting for durability.
+type commitReq struct {
+	rec   layout.Record
+	size  int
+	err   error
+	done  chan struct{}
+	start time.Time
+}
+
+const (
+	logBufBytes   = 1 << 20 // records of one group commit, and the tail block
+	logZeroBytes  = 256 << 10
+	logFillAhead  = 4 << 20 // zero-filled ahead of the records
+	logTempSuffix = ".tmp"
+)
+
+// recordSize is the encoded size of r (FORMAT.md, "Record").
+func recordSize(r *layout.Record) int {
+	n := layout.RecordHeaderSize
+	switch r.Kind {
+	case layout.RecordMapCommitted:
+		n += 20
+	case layout.RecordReduceCommitted:
+		n += 32
+	case layout.RecordReduceFinalized:
+		n += 16
+	case layout.RecordReleased:
+		n += 9
+	case layout.RecordSnapshotEnd:
+		return n + 8
+	}
+	return n + 2 + len(r.Job) + len(r.Dataset)
+}
+
+func newCommitLog(d *Disk) (*commitLog, error) {
+	m, err := unix.Mmap(-1, 0, logBufBytes+logZeroBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("engine: commit log buffer: %w", err)
+	}
+	l := &commitLog{d: d, mapped: m, buf: m[:logBufBytes:logBufBytes], zero: m[logBufBytes:], done: make(chan struct{})}
+	l.cond.L = &l.mu
+	return l, nil
+}
+
+// install writes content (a log header and records) as the disk's new
+// COMMITLOG: to a temporary file, zero-filled ahead, synced, renamed over
+// the old one, the directory synced; then opens it for appending.
+func (l *commitLog) install(content []byte, nextLSN uint64) error {
+	d := l.d
+	tmp := layout.CommitLogFile + logTempSuffix
+	f, err := d.io.OpenFile(d.abs(tmp), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("engine: commit log: %w", err)
+	}
+	l.f = f
+	l.align = int64(max(f.Alignment().Offset, 1))
+	l.tailStart, l.off, l.zeroed = 0, 0, 0
+	// Write content through buf, one buffer at a time.
+	for len(content) > 0 {
+		k := copy(l.buf[l.off-l.tailStart:], content)
+		content = content[k:]
+		if err := l.writeThrough(l.off - l.tailStart + int64(k)); err != nil {
+			return errors.Join(err, f.Close())
+		}
+	}
+	if err := l.sync(); err != nil {
+		return errors.Join(err, f.Close())
+	}
+	if err := os.Rename(d.abs(tmp), d.abs(layout.CommitLogFile)); err != nil {
+		return errors.Join(fmt.Errorf("engine: commit log: %w", err), f.Close())
+	}
+	if err := diskio.SyncDir(d.path); err != nil {
+		return errors.Join(err, f.Close())
+	}
+	l.nextLSN = nextLSN
+	return nil
+}
+
+// writeThrough writes buf[:end] at tailStart (padded) and advances off to
+// tailStart+end, keeping the last partial block at buf's start.
+func (l *commitLog) writeThrough(end int64) error {
+	padded := roundUp(end, l.align)
+	clear(l.buf[end:padded])
+	if err := l.fill(l.tailStart + padded); err != nil {
+		return err
+	}
+	if err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpWrite, File: l.f, Buf: l.buf[:padded], Off: l.tailStart}); err != nil {
+		return err
+	}
+	l.off = l.tailStart + end
+	keep := alignDown(end, l.align)
+	copy(l.buf, l.buf[keep:end])
+	l.tailStart += keep
+	return nil
+}
+
+// fill makes sure the file is written ahead of a write that ends at end
+// (aligned): when it is not, it writes zeros over [end, end+logFillAhead).
+// The write itself covers everything before end that was not written yet,
+// since appends are sequential.
+func (l *commitLog) fill(end int64) error {
+	if end <= l.zeroed {
+		return nil
+	}
+	target := end + logFillAhead
+	for off := end; off < target; off += int64(len(l.zero)) {
+		n := min(int64(len(l.zero)), target-off)
+		if err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpWrite, File: l.f, Buf: l.zero[:n], Off: off}); err != nil {
+			return err
+		}
+	}
+	l.zeroed = target
+	return nil
+}
+
+func (l *commitLog) sync() error {
+	start := time.Now()
+	err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpSync, File: l.f})
+	l.d.stats.syncs.observe(time.Since(start))
+	return err
+}
+
+// commit queues r and waits until it is durable (or failed). The ids r
+// points to must stay unchanged until then.
+func (l *commitLog) commit(r *layout.Record) error {
+	req := &commitReq{rec: *r, size: recordSize(r), done: make(chan struct{}), start: time.Now()}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.queue = append(l.queue, req)
+	l.cond.Signal()
+	l.mu.Unlock()
+	<-req.done
+	l.d.stats.commitLatency.observe(time.Since(req.start))
+	return req.err
+}
+
+// run is the group committer.
+func (l *commitLog) run() {
+	defer close(l.done)
+	for {
+		l.mu.Lock()
+		for len(l.queue) == 0 && !l.closed {
+			l.cond.Wait()
+		}
+		if len(l.queue) == 0 {
+			l.mu.Unlock()
+			return
+		}
+		room := int64(len(l.buf)) - (l.off - l.tailStart) - l.align
+		l.batch = l.batch[:0]
+		var k int
+		for k < len(l.queue) && len(l.batch) < layout.MaxBatchRecords && int64(l.queue[k].size) <= room {
+			room -= int64(l.queue[k].size)
+			l.batch = append(l.batch, l.queue[k])
+			k++
+		}
+		n := copy(l.queue, l.queue[k:])
+		clear(l.queue[n:])
+		l.queue = l.queue[:n]
+		l.mu.Unlock()
+		if len(l.batch) == 0 {
+			panic("engine: commit record larger than the commit log buffer")
+		}
+
+		err := l.append(l.batch)
+		for _, r := range l.batch {
+			r.err = err
+			close(r.done)
+		}
+	}
+}
+
+// append makes batch durable.
+func (l *commitLog) append(batch []*commitReq) error {
+	d := l.d
+	if l.broken != nil {
+		return l.broken
+	}
+	if err := d.usableForCommit(); err != nil {
+		return err
+	}
+	l.dirs = d.takeDirty(l.dirs[:0])
+	for i, dir := range l.dirs {
+		if err := diskio.SyncDir(d.abs(dir)); err != nil {
+			d.markDirty(l.dirs[i:])
+			d.noteFault(err)
+			return wrapFault(err)
+		}
+		d.stats.dirSyncs.Add(1)
+	}
+	pos := l.off - l.tailStart
+	out := l.buf[:pos]
+	for i, r := range batch {
+		r.rec.LSN = l.nextLSN + uint64(i)
+		r.rec.BatchPos = uint16(i)
+		var err error
+		if out, err = layout.AppendRecord(out, &r.rec); err != nil {
+			return err
+		}
+	}
+	if &out[0] != &l.buf[0] {
+		return errors.New("engine: commit log batch overflowed its buffer")
+	}
+	if err := l.writeThrough(int64(len(out))); err != nil {
+		// Nothing changed in memory: the next append rewrites the same
+		// positions with the same LSNs.
+		d.noteFault(err)
+		return wrapFault(err)
+	}
+	if err := l.sync(); err != nil {
+		// The records may or may not be durable, and fsync(2) errors are
+		// not retried safely (the kernel may have dropped the dirty
+		// pages): the log takes no more records.
+		l.broken = wrapFault(fmt.Errorf("engine: commit log fdatasync: %w", err))
+		d.noteFault(err)
+		return l.broken
+	}
+	l.nextLSN += uint64(len(batch))
+	d.stats.commits.Add(int64(len(batch)))
+	d.stats.observeBatch(len(batch))
+	return nil
+}
+
+// close stops the committer after the records queued so far, and closes
+// the log.
+func (l *commitLog) close() error {
+	l.mu.Lock()
+	l.closed = true
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	<-l.done
+	var err error
+	if l.f != nil {
+		err = l.f.Close()
+	}
+	return errors.Join(err, unix.Munmap(l.mapped))
+}

@@ -1,0 +1,95 @@
+package engine
+
+import (
+	"errors"
+	"time"
+	"unsafe"
+
+	"github.com/sluice-shuffle/sluice/engine/diskio"
+	"github.com/sluice-shuffle/sluice/engine/mem"
+)
+
+// writeOp is one write (or fdatasync) of a stream in flight. A disk has a
+// fixed table of them, so that the write path allocates nothing: the
+// request's Tag is the op's index, and the reaper finds the op from it.
+type writeOp struct {
+	d   *Disk
+	idx uint64
+	req diskio.Request
+	one [1]*diskio.Request // req, for Submit without allocating its argument slice
+
+	s       *stream  // the stream to tell, or nil
+	buf     *mem.Buf // released when the write completes, or nil
+	acct    int64    // bytes this write takes off the disk's pending count
+	start   time.Time
+	retries int
+}
+
+// shortRetries bounds how often a write the kernel cut short is continued.
+// A short write without an error is the kernel's way of saying the disk is
+// (nearly) full; the continuation then fails with ENOSPC or completes.
+const shortRetries = 4
+
+// getOp takes a free op, waiting for one while the disk has as many writes
+// in flight as it has ops.
+func (d *Disk) getOp() *writeOp { return <-d.freeOps }
+
+// submitOp submits op's request. On a synchronous failure (the IO refused
+// the request) the op completes through the same path as an IO error.
+func (d *Disk) submitOp(op *writeOp) {
+	op.req.Done = d.opDone
+	op.req.Tag = op.idx
+	op.start = time.Now()
+	if err := d.io.Submit(op.one[:]...); err != nil {
+		op.req.Err = err
+		d.opDone <- &op.req
+	}
+}
+
+// reap completes the disk's ops: it releases their buffers at once (so a
+// writer that went quiet does not pin memory), accounts them and tells
+// their streams. It runs until opDone closes.
+func (d *Disk) reap() {
+	defer d.wg.Done()
+	for r := range d.opDone {
+		d.complete(&d.ops[r.Tag])
+	}
+}
+
+func (d *Disk) complete(op *writeOp) {
+	r := &op.req
+	err := r.Err
+	if r.Op == diskio.OpWrite && errors.Is(err, diskio.ErrShortWrite) && r.N > 0 && op.retries < shortRetries &&
+		r.N%max(r.File.Alignment().Offset, 1) == 0 {
+		// Continue where the kernel stopped.
+		op.retries++
+		d.stats.shortWrites.Add(1)
+		r.Buf, r.Off, r.N, r.Err = r.Buf[r.N:], r.Off+int64(r.N), 0, nil
+		d.submitOp(op)
+		return
+	}
+	switch r.Op {
+	case diskio.OpWrite:
+		if err == nil {
+			d.stats.bytesWritten.Add(int64(len(r.Buf)))
+		}
+	case diskio.OpSync:
+		d.stats.syncs.observe(time.Since(op.start))
+	}
+	if err != nil {
+		d.noteFault(err)
+	}
+	s, buf, acct := op.s, op.buf, op.acct
+	op.s, op.buf, op.acct, op.retries = nil, nil, 0, 0
+	op.req = diskio.Request{}
+	d.freeOps <- op
+	d.pending.Add(-acct)
+	if buf != nil {
+		buf.Release()
+	}
+	if s != nil {
+		s.opDone(err)
+	}
+}
+
+func bufAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
