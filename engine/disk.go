@@ -44,6 +44,7 @@ type Disk struct {
 	capacity atomic.Int64
 	free     atomic.Int64
 	pending  atomic.Int64 // bytes accepted by writers and not yet written
+	waiters  atomic.Int32 // writers waiting for a buffer of the share
 
 	// Writes in flight: a fixed table of operations, a free list and one
 	// completion channel drained by the reaper goroutine.

@@ -34,42 +34,39 @@ func (d *Disk) signalPressure() {
 	}
 }
 
-// flusher runs until the disk closes.
+// flusher runs until the disk closes. Each signal comes from a writer
+// about to wait for a buffer; the flusher writes out as many of the largest
+// partial buffers as writers wait (their buffers come back when the writes
+// complete, and go to the waiters in FIFO order).
 func (d *Disk) flusher() {
 	defer d.wg.Done()
 	var scratch []*stream
+	// While writers wait, look again now and then: a stream that was busy
+	// during a pass may have gone idle with a partial buffer since.
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
 	for {
 		select {
 		case <-d.closing:
 			return
 		case <-d.pressure:
+		case <-retry.C:
 		}
-		// Keep relieving while writers still wait; a pass that freed
-		// nothing waits for the next signal (the writes in flight will
-		// return their buffers).
-		for {
-			freed := 0
-			scratch, freed = d.relievePass(scratch)
-			if freed == 0 || d.store.pool.Stats().Waiters == 0 {
-				break
-			}
-			select {
-			case <-d.closing:
-				return
-			case <-time.After(time.Millisecond):
-			}
+		if need := int(d.waiters.Load()); need > 0 {
+			scratch = d.relievePass(scratch, need)
+			retry.Reset(10 * time.Millisecond)
 		}
 	}
 }
 
-// relievePass flushes the largest buffers of the disk's streams until about
-// an eighth of the share is on its way back, and reports how many streams it
-// relieved.
-func (d *Disk) relievePass(scratch []*stream) ([]*stream, int) {
+// relievePass flushes the largest buffers of up to need streams.
+func (d *Disk) relievePass(scratch []*stream, need int) []*stream {
 	d.streamsMu.Lock()
 	scratch = scratch[:0]
 	for s := range d.streams {
-		scratch = append(scratch, s)
+		if s.held.Load() > 0 || s.spareCount.Load() > 0 {
+			scratch = append(scratch, s)
+		}
 	}
 	d.streamsMu.Unlock()
 	slices.SortFunc(scratch, func(a, b *stream) int {
@@ -82,10 +79,9 @@ func (d *Disk) relievePass(scratch []*stream) ([]*stream, int) {
 		}
 		return 0
 	})
-	goal := max(1, d.share.Limit()/8)
 	freed := 0
 	for _, s := range scratch {
-		if freed >= goal {
+		if freed >= need {
 			break
 		}
 		if !s.mu.TryLock() {
@@ -97,5 +93,5 @@ func (d *Disk) relievePass(scratch []*stream) ([]*stream, int) {
 		s.mu.Unlock()
 	}
 	clear(scratch)
-	return scratch, freed
+	return scratch
 }

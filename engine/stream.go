@@ -65,7 +65,8 @@ type stream struct {
 	closed       bool
 	parts        [2][]byte
 
-	held     atomic.Int64 // bytes in cur, for the flusher's ordering
+	held       atomic.Int64 // bytes in cur, for the flusher's ordering
+	spareCount atomic.Int32
 	inflight atomic.Int32
 	wake     chan struct{}
 	errMu    sync.Mutex
@@ -147,6 +148,7 @@ func (s *stream) takeBuf() *mem.Buf {
 	if n := len(s.spares); n > 0 {
 		b := s.spares[n-1]
 		s.spares = s.spares[:n-1]
+		s.spareCount.Store(int32(n - 1))
 		return b
 	}
 	return s.d.share.TryGet()
@@ -162,9 +164,11 @@ func (s *stream) waitBuf(ctx context.Context) (*mem.Buf, error) {
 		return b, nil
 	}
 	s.d.stats.bufferWaits.Add(1)
+	s.d.waiters.Add(1)
 	s.d.signalPressure()
 	s.mu.Unlock()
 	b, err := s.d.share.Get(ctx)
+	s.d.waiters.Add(-1)
 	s.mu.Lock()
 	if err != nil {
 		return nil, fmt.Errorf("engine: waiting for a write buffer: %w", err)
@@ -207,6 +211,7 @@ func (s *stream) available() int64 {
 			break
 		}
 		s.spares = append(s.spares, b)
+		s.spareCount.Store(int32(len(s.spares)))
 	}
 	n := int64(len(s.spares)) * int64(s.bufBytes)
 	if s.cur != nil {
@@ -233,6 +238,7 @@ func (s *stream) waitAvailable(ctx context.Context) error {
 		return err
 	}
 	s.spares = append(s.spares, b)
+	s.spareCount.Store(int32(len(s.spares)))
 	return nil
 }
 
@@ -309,6 +315,7 @@ func (s *stream) cancelReserved() {
 	s.resv = 0
 	if s.next != nil {
 		s.spares = append(s.spares, s.next)
+		s.spareCount.Store(int32(len(s.spares)))
 		s.next = nil
 	}
 }
@@ -486,6 +493,7 @@ func (s *stream) releaseSpares() {
 		b.Release()
 	}
 	s.spares = s.spares[:0]
+	s.spareCount.Store(0)
 }
 
 // abort drops every buffer and waits for the writes in flight; the owner
