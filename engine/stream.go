@@ -67,10 +67,10 @@ type stream struct {
 
 	held       atomic.Int64 // bytes in cur, for the flusher's ordering
 	spareCount atomic.Int32
-	inflight atomic.Int32
-	wake     chan struct{}
-	errMu    sync.Mutex
-	err      error
+	inflight   atomic.Int32
+	wake       chan struct{}
+	errMu      sync.Mutex
+	err        error
 }
 
 // Preallocation steps when the final size is unknown: start small (a
