@@ -22,6 +22,9 @@ type DiskConfig struct {
 	Depth   int   // requests in flight
 	Backend string
 	Log     *slog.Logger
+	// FioFixedBufs gives fio registered buffers too (--fixedbufs), as the
+	// io_uring backend has: the like-for-like reference.
+	FioFixedBufs bool
 }
 
 // DiskResult is one run of the disk benchmark.
@@ -220,7 +223,7 @@ func DiskRuns(ctx context.Context, cfg DiskConfig, runs int, withFio bool, each 
 			if !withFio {
 				return nil
 			}
-			f, err := Fio(ctx, cfg.Dir, rep.Bytes, cfg.Block, cfg.Depth)
+			f, err := FioFixed(ctx, cfg.Dir, rep.Bytes, cfg.Block, cfg.Depth, cfg.FioFixedBufs)
 			if err != nil {
 				return err
 			}

@@ -23,46 +23,73 @@ type FioResult struct {
 // size, depth and size, the write including its final fsync (--end_fsync=1)
 // into a file fio preallocates (its default, fallocate=native), then the
 // read of that file.
-func Fio(ctx context.Context, dir string, size int64, block, depth int) (res FioResult, err error) {
-	if _, err := exec.LookPath("fio"); err != nil {
-		return res, fmt.Errorf("bench: fio is not installed (Debian: apt-get install fio): %w", err)
-	}
+func Fio(ctx context.Context, dir string, size int64, block, depth int) (FioResult, error) {
+	return FioFixed(ctx, dir, size, block, depth, false)
+}
+
+// FioFixed is Fio, with fio's --fixedbufs when fixedBufs is set: registered
+// buffers, as Sluice's io_uring backend uses, so that neither side pins its
+// pages on every IO.
+func FioFixed(ctx context.Context, dir string, size int64, block, depth int, fixedBufs bool) (res FioResult, err error) {
 	path := filepath.Join(dir, fmt.Sprintf("sluice-bench-fio-%d.data", os.Getpid()))
 	defer func() {
 		if rmErr := os.Remove(path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 			err = errors.Join(err, rmErr)
 		}
 	}()
-	for _, rw := range []string{"write", "read"} {
-		args := []string{
-			"--name=sluice-" + rw, "--filename=" + path, "--rw=" + rw,
-			"--direct=1", "--ioengine=io_uring",
-			"--bs=" + strconv.Itoa(block), "--iodepth=" + strconv.Itoa(depth),
-			"--size=" + strconv.FormatInt(size, 10), "--output-format=json",
-		}
-		if rw == "write" {
-			args = append(args, "--end_fsync=1")
-		}
-		cmd := exec.CommandContext(ctx, "fio", args...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return res, fmt.Errorf("bench: fio %s: %w: %s", rw, err, stderr.String())
-		}
-		bw, err := fioBandwidth(out, rw)
-		if err != nil {
-			return res, err
-		}
-		if rw == "write" {
-			res.WriteMiBs = bw / (1 << 20)
-		} else {
-			res.ReadMiBs = bw / (1 << 20)
-		}
+	job := FioJob{Path: path, Size: size, Block: block, Depth: depth, FixedBufs: fixedBufs}
+	job.RW, job.EndFsync = "write", true
+	bw, err := RunFio(ctx, job)
+	if err != nil {
+		return res, err
 	}
+	res.WriteMiBs = bw / (1 << 20)
+	job.RW, job.EndFsync = "read", false
+	if bw, err = RunFio(ctx, job); err != nil {
+		return res, err
+	}
+	res.ReadMiBs = bw / (1 << 20)
 	return res, nil
 }
 
+// FioJob is one run of fio in the reference pattern every Sluice benchmark
+// compares with: one job, O_DIRECT through io_uring, sequential.
+type FioJob struct {
+	Path      string
+	RW        string // "write" or "read"
+	Size      int64
+	Block     int
+	Depth     int
+	EndFsync  bool // --end_fsync=1: the write's time includes its final fsync
+	FixedBufs bool // --fixedbufs: registered buffers
+}
+
+// RunFio runs the job and returns fio's bandwidth in bytes/s.
+func RunFio(ctx context.Context, j FioJob) (float64, error) {
+	if _, err := exec.LookPath("fio"); err != nil {
+		return 0, fmt.Errorf("bench: fio is not installed (Debian: apt-get install fio): %w", err)
+	}
+	args := []string{
+		"--name=sluice-" + j.RW, "--filename=" + j.Path, "--rw=" + j.RW,
+		"--direct=1", "--ioengine=io_uring",
+		"--bs=" + strconv.Itoa(j.Block), "--iodepth=" + strconv.Itoa(j.Depth),
+		"--size=" + strconv.FormatInt(j.Size, 10), "--output-format=json",
+	}
+	if j.EndFsync {
+		args = append(args, "--end_fsync=1")
+	}
+	if j.FixedBufs {
+		args = append(args, "--fixedbufs")
+	}
+	cmd := exec.CommandContext(ctx, "fio", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("bench: fio %s: %w: %s", j.RW, err, stderr.String())
+	}
+	return fioBandwidth(out, j.RW)
+}
 // fioBandwidth extracts bytes/s of direction rw from fio's JSON output.
 func fioBandwidth(out []byte, rw string) (float64, error) {
 	// fio may print warnings before the JSON object.

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/sluice-shuffle/sluice/layout"
@@ -436,32 +434,12 @@ func ensureFioFile(ctx context.Context, path string, size int64) error {
 	if st, err := os.Stat(path); err == nil && st.Size() == size {
 		return nil
 	}
-	_, err := runFio(ctx, "write", path, size, "--end_fsync=1")
+	_, err := RunFio(ctx, FioJob{Path: path, RW: "write", Size: size, Block: fsckFioBlock, Depth: fsckFioDepth, EndFsync: true})
 	return err
 }
 
 // fioRead reads the file at path sequentially with fio's reference pattern
 // and returns its bandwidth in bytes/s.
 func fioRead(ctx context.Context, path string, size int64, fixedBufs bool) (float64, error) {
-	if fixedBufs {
-		return runFio(ctx, "read", path, size, "--fixedbufs")
-	}
-	return runFio(ctx, "read", path, size)
-}
-
-func runFio(ctx context.Context, rw, path string, size int64, extra ...string) (float64, error) {
-	args := append([]string{
-		"--name=sluice-fsck-" + rw, "--filename=" + path, "--rw=" + rw,
-		"--direct=1", "--ioengine=io_uring",
-		"--bs=" + strconv.Itoa(fsckFioBlock), "--iodepth=" + strconv.Itoa(fsckFioDepth),
-		"--size=" + strconv.FormatInt(size, 10), "--output-format=json",
-	}, extra...)
-	cmd := exec.CommandContext(ctx, "fio", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return 0, fmt.Errorf("bench: fio %s: %w: %s", rw, err, stderr.String())
-	}
-	return fioBandwidth(out, rw)
+	return RunFio(ctx, FioJob{Path: path, RW: "read", Size: size, Block: fsckFioBlock, Depth: fsckFioDepth, FixedBufs: fixedBufs})
 }

@@ -30,6 +30,7 @@ func runBenchDisk(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	backend := fs.String("backend", diskio.BackendAuto, "IO backend: "+strings.Join(diskio.Backends, "|"))
 	runs := fs.Int("runs", 1, "runs; medians are reported")
 	withFio := fs.Bool("fio", false, "also run fio with the same pattern on the same directory, alternating with Sluice, and report the ratios")
+	fioFixed := fs.Bool("fio-fixedbufs", false, "give fio registered buffers (--fixedbufs), as the uring backend has")
 	asJSON := fs.Bool("json", false, "end the output with one JSON object")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice bench disk [flags]")
@@ -47,7 +48,7 @@ func runBenchDisk(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	cfg := bench.DiskConfig{
 		Dir: *dir, Size: int64(size), Block: int(block), Depth: *depth, Backend: *backend,
-		Log: slog.New(slog.NewTextHandler(stderr, nil)),
+		Log: slog.New(slog.NewTextHandler(stderr, nil)), FioFixedBufs: *fioFixed,
 	}
 	fmt.Fprintf(stdout, "%-4s %-8s %-9s %-7s %6s %12s %12s %12s %12s\n", "run", "backend", "mode", "block", "depth", "write MiB/s", "read MiB/s", "fio write", "fio read")
 	n := 0
