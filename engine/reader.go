@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/sluice-shuffle/sluice/engine/diskio"
@@ -169,7 +170,31 @@ func (s *Store) loseMap(d *Disk, k layout.MapKey, e *mapEntry, cause error) {
 	d.mu.Unlock()
 	s.noteLost(d)
 	d.log.Error("engine: committed partition is corrupt; reported lost", "partition", mapRef(k), "err", cause)
+	d.dropCorrupt(layout.Record{Kind: layout.RecordReleased, Scope: layout.ReleaseMap, Job: []byte(k.Job), Dataset: []byte(k.Dataset),
+		Index: k.Map, Attempt: k.Attempt}, k.Path())
 	s.emit(Event{Kind: EventPartitionLost, Disk: d.ID(), DiskPath: d.path, Partition: mapRef(k), Err: cause})
+}
+
+// dropCorrupt releases a corrupt committed partition in the commit log, so
+// that the next start does not recover it again, and removes its file (or
+// moves it to quarantine/ when Config.Quarantine asks to keep such files).
+func (d *Disk) dropCorrupt(rec layout.Record, rel string) {
+	if err := d.clog.commit(&rec); err != nil {
+		d.log.Warn("engine: recording the loss of a corrupt partition", "file", rel, "err", err)
+		return
+	}
+	var err error
+	if d.cfg.Quarantine {
+		to := d.abs(quarantineDir + "/" + rel)
+		if err = os.MkdirAll(filepath.Dir(to), 0o755); err == nil {
+			err = os.Rename(d.abs(rel), to)
+		}
+	} else {
+		err = os.Remove(d.abs(rel))
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("engine: removing a corrupt partition", "file", rel, "err", err)
+	}
 }
 
 // Ref names the partition.
@@ -269,6 +294,9 @@ func (s *Store) OpenReduceReader(job, dataset string, reduce uint32) (*ReduceRea
 		if errors.Is(err, layout.ErrCorrupt) && !rp.verified.Swap(true) {
 			d.forgetReduce(rp)
 			s.noteLost(d)
+			d.log.Error("engine: finalized partition is corrupt; reported lost", "partition", ref, "err", err)
+			d.dropCorrupt(layout.Record{Kind: layout.RecordReleased, Scope: layout.ReleaseReduce, Job: []byte(job), Dataset: []byte(dataset),
+				Index: reduce}, k.Path())
 			s.emit(Event{Kind: EventPartitionLost, Disk: d.ID(), DiskPath: d.path, Partition: ref, Err: err})
 		}
 		return nil, errors.Join(&PartitionError{Partition: ref, Disk: d.path, Err: err}, cerr)
