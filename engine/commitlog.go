@@ -123,6 +123,15 @@ func (l *commitLog) install(content []byte, nextLSN uint64) error {
 	if err := diskio.SyncDir(d.path); err != nil {
 		return errors.Join(err, f.Close())
 	}
+	// Appends go through a file of the log's own name (errors and fault
+	// rules name it).
+	if err := f.Close(); err != nil {
+		return err
+	}
+	l.f = nil
+	if l.f, err = d.io.OpenFile(d.abs(layout.CommitLogFile), os.O_RDWR, 0); err != nil {
+		return fmt.Errorf("engine: commit log: %w", err)
+	}
 	l.nextLSN = nextLSN
 	return nil
 }
@@ -174,6 +183,9 @@ func (l *commitLog) sync() error {
 // commit queues r and waits until it is durable (or failed). The ids r
 // points to must stay unchanged until then.
 func (l *commitLog) commit(r *layout.Record) error {
+	if l == nil || !l.d.clogRunning {
+		return fmt.Errorf("%w: the commit log is not open", ErrDiskFailed)
+	}
 	req := &commitReq{rec: *r, size: recordSize(r), done: make(chan struct{}), start: time.Now()}
 	l.mu.Lock()
 	if l.closed {

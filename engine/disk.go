@@ -67,10 +67,11 @@ type Disk struct {
 	dirty    map[string]bool     // directories with entries not yet fsynced (relative)
 	intern   map[string]string
 
-	clog    *commitLog
-	deleter *deleter
-	health  *health
-	stats   diskCounters
+	clog        *commitLog
+	clogRunning bool
+	deleter     *deleter
+	health      *health
+	stats       diskCounters
 
 	closing chan struct{}
 	wg      sync.WaitGroup

@@ -157,14 +157,16 @@ func (h *health) runProbe() (err error) {
 type hangDetector struct {
 	timeout  time.Duration
 	last     uint64
-	progress time.Time // when completions last moved, or nothing was in flight
+	progress time.Time // when completions last moved, or requests appeared in flight
 	seen     bool
+	idle     bool // nothing was in flight at the last observation
 }
 
 func (h *hangDetector) observe(now time.Time, st blockdevice.IOStats) bool {
 	done := st.ReadIOs + st.WriteIOs + st.DiscardIOs + st.FlushRequestsCompleted
-	if !h.seen || done != h.last || st.IOsInProgress == 0 {
-		h.seen, h.last, h.progress = true, done, now
+	busy := st.IOsInProgress > 0
+	if !h.seen || done != h.last || !busy || h.idle {
+		h.seen, h.last, h.progress, h.idle = true, done, now, !busy
 		return false
 	}
 	return now.Sub(h.progress) > h.timeout

@@ -130,6 +130,9 @@ func (w *MapWriter) checkLocked() error {
 	if err := w.s.failed(); err != nil {
 		return w.failLocked(err)
 	}
+	if w.d.State() == DiskFailed {
+		return w.failLocked(fmt.Errorf("%w: %v", ErrDiskFailed, w.d.Err()))
+	}
 	return nil
 }
 

@@ -170,6 +170,9 @@ func (rp *ReducePartition) checkOpenLocked() error {
 		if err := rp.s.failed(); err != nil {
 			return rp.failLocked(err)
 		}
+		if rp.d.State() == DiskFailed {
+			return rp.failLocked(fmt.Errorf("%w: %v", ErrDiskFailed, rp.d.Err()))
+		}
 		return nil
 	case reduceFinalizing, reduceFinalized:
 		return &PartitionError{Partition: rp.ref, Disk: rp.d.path, Err: ErrFinalized}

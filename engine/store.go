@@ -185,7 +185,8 @@ func (d *Disk) start() {
 	d.deleter = newDeleter(d)
 	d.wg.Add(1)
 	go d.deleter.run()
-	if d.clog != nil {
+	if d.clog != nil && d.clog.f != nil {
+		d.clogRunning = true
 		go d.clog.run()
 	}
 	d.health = newHealth(d)
@@ -633,11 +634,13 @@ func (d *Disk) close() error {
 	}
 	var errs []error
 	if d.clog != nil {
-		if d.deleter != nil {
-			// Started: the committer runs.
+		if d.clogRunning {
 			errs = append(errs, d.clog.close())
 		} else {
-			errs = append(errs, d.clog.f.Close(), munmap(d.clog.mapped))
+			if d.clog.f != nil {
+				errs = append(errs, d.clog.f.Close())
+			}
+			errs = append(errs, munmap(d.clog.mapped))
 		}
 	}
 	close(d.closing)
