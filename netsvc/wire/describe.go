@@ -278,6 +278,13 @@ func (d *describer) records(it *StoredItem) {
 	data := it.Payload
 	if it.Codec() == CodecLZ4 {
 		n := int(it.UncompressedLength())
+		// An LZ4 block expands at most about 255 times (a match token
+		// with 255-byte length extensions); a larger claim is not worth
+		// allocating for.
+		if n > 256*len(it.Payload)+64 {
+			fmt.Fprintf(d, "            LZ4 payload of %d bytes cannot decode to %d bytes\n", len(it.Payload), n)
+			return
+		}
 		data = make([]byte, n)
 		if got, err := lz4.UncompressBlock(it.Payload, data); err != nil || got != n {
 			fmt.Fprintf(d, "            LZ4 payload does not decode to %d bytes (%d, %v)\n", n, got, err)

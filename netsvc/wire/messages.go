@@ -198,8 +198,12 @@ func (d *dec) u64(what string) uint64 {
 
 // str8 reads a u8 length and that many bytes, lo ≤ length ≤ hi.
 func (d *dec) str8(what string, lo, hi int) []byte {
-	n := int(d.u8(what + " length"))
-	if d.err == nil && (n < lo || n > hi) {
+	p := d.take(1, what) // the length (no string concatenation: decoding allocates nothing)
+	if p == nil {
+		return nil
+	}
+	n := int(p[0])
+	if n < lo || n > hi {
 		d.fail("%s length %d, want %d to %d", what, n, lo, hi)
 	}
 	return d.take(n, what)
@@ -207,8 +211,12 @@ func (d *dec) str8(what string, lo, hi int) []byte {
 
 // str16 reads a u16 length and that many bytes, length ≤ hi.
 func (d *dec) str16(what string, hi int) []byte {
-	n := int(d.u16(what + " length"))
-	if d.err == nil && n > hi {
+	p := d.take(2, what)
+	if p == nil {
+		return nil
+	}
+	n := int(binary.LittleEndian.Uint16(p))
+	if n > hi {
 		d.fail("%s length %d, at most %d", what, n, hi)
 	}
 	return d.take(n, what)
