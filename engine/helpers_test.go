@@ -71,16 +71,14 @@ func payload(n int, seed ...uint32) []byte {
 		x = (x ^ uint64(s)) * 0xbf58476d1ce4e5b9
 		x ^= x >> 31
 	}
-	b := make([]byte, n)
+	b := make([]byte, n+7)
 	for i := 0; i < n; i += 8 {
 		x ^= x << 13
 		x ^= x >> 7
 		x ^= x << 17
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], x)
-		copy(b[i:], w[:])
+		binary.LittleEndian.PutUint64(b[i:], x)
 	}
-	return b
+	return b[:n:n]
 }
 
 // storedBuffer builds a buffer as a producer does: header with both CRCs,

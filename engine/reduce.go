@@ -127,9 +127,18 @@ func (d *Disk) createReduce(k layout.ReduceKey, spec *ReduceSpec) (*ReducePartit
 	if err != nil {
 		return nil, err
 	}
+	// The header is made durable at once: whatever happens to the pushes
+	// in the merge buffer, recovery finds a partition it can continue (its
+	// directory entry is synced by the first commit's group commit).
 	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, f, b, 0)
 	rp.s.mu.Lock()
 	err = rp.s.appendBytes(ctxBackground, hdr)
+	if err == nil {
+		err = rp.s.flushData()
+	}
+	if err == nil {
+		err = rp.s.sync()
+	}
 	rp.s.mu.Unlock()
 	if err != nil {
 		rp.discardFile()
