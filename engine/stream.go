@@ -399,6 +399,7 @@ func (s *stream) submitWrite(buf *mem.Buf, data []byte, off, end int64) error {
 	}
 	if err := s.preallocate(off + int64(len(data))); err != nil {
 		buf.Release()
+		s.d.noteFault(err)
 		s.setErr(err)
 		return s.failed()
 	}
@@ -471,6 +472,7 @@ func (s *stream) finish() error {
 	}
 	s.releaseSpares()
 	if err := s.f.Truncate(s.length); err != nil {
+		s.d.noteFault(err)
 		s.setErr(err)
 		return s.failed()
 	}
