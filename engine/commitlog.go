@@ -200,6 +200,37 @@ func (l *commitLog) commit(r *layout.Record) error {
 	return req.err
 }
 
+// commitMany queues every record of recs and waits until all are durable
+// (or failed); errs[i] is the outcome of recs[i]. Queued together, they go
+// into the same group commit when they fit into one write.
+func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
+	if l == nil || !l.d.clogRunning {
+		for i := range errs {
+			errs[i] = fmt.Errorf("%w: the commit log is not open", ErrDiskFailed)
+		}
+		return
+	}
+	now := time.Now()
+	reqs := make([]commitReq, len(recs))
+	l.mu.Lock()
+	for i := range recs {
+		reqs[i] = commitReq{rec: recs[i], size: recordSize(&recs[i]), done: make(chan struct{}), start: now}
+		if l.closed {
+			reqs[i].err = ErrClosed
+			close(reqs[i].done)
+			continue
+		}
+		l.queue = append(l.queue, &reqs[i])
+	}
+	l.cond.Signal()
+	l.mu.Unlock()
+	for i := range reqs {
+		<-reqs[i].done
+		errs[i] = reqs[i].err
+	}
+	l.d.stats.commitLatency.observe(time.Since(now))
+}
+
 // run is the group committer.
 func (l *commitLog) run() {
 	defer close(l.done)

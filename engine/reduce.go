@@ -427,16 +427,29 @@ func (rp *ReducePartition) commitIndex(m uint32) (int, bool) {
 // part of the partition, recorded durably in the commit log (group commit)
 // before Commit returns. A retried commit of the same attempt succeeds
 // again; a commit of another attempt of a committed map is ErrConflict. A
-// producer that pushed nothing here commits 0 segments.
+// producer that pushed nothing here commits 0 segments. A producer
+// committing to many partitions at once uses Store.CommitAttempt, which
+// waits for one group commit per disk.
 func (rp *ReducePartition) Commit(ctx context.Context, mapIndex, attempt, segments uint32) error {
-	rp.mu.Lock()
-	if err := rp.checkOpenLocked(); err != nil {
-		rp.mu.Unlock()
+	rec, done, err := rp.beginCommit(mapIndex, attempt, segments)
+	if err != nil || done {
 		return err
 	}
+	err = rp.d.clog.commit(&rec)
+	return rp.endCommit(mapIndex, attempt, segments, err)
+}
+
+// beginCommit checks a producer commit and marks the attempt committing;
+// it returns the record to make durable, or done when the same commit was
+// recorded already.
+func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layout.Record, bool, error) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if err := rp.checkOpenLocked(); err != nil {
+		return layout.Record{}, false, err
+	}
 	if mapIndex >= rp.mapCount {
-		rp.mu.Unlock()
-		return fmt.Errorf("engine: commit of map %d of %d", mapIndex, rp.mapCount)
+		return layout.Record{}, false, fmt.Errorf("engine: %s: commit of map %d of %d", rp.ref, mapIndex, rp.mapCount)
 	}
 	// One commit per map at a time: the log must never record two attempts
 	// of one map.
@@ -444,39 +457,39 @@ func (rp *ReducePartition) Commit(ctx context.Context, mapIndex, attempt, segmen
 		rp.cond.Wait()
 	}
 	if err := rp.checkOpenLocked(); err != nil {
-		rp.mu.Unlock()
-		return err
+		return layout.Record{}, false, err
 	}
 	k := attemptKey(mapIndex, attempt)
 	st := rp.attempts[k]
 	if i, ok := rp.commitIndex(mapIndex); ok {
 		c := rp.commits[i]
-		rp.mu.Unlock()
 		if c.Attempt == attempt && c.Segments == segments {
-			return nil
+			return layout.Record{}, true, nil
 		}
-		return fmt.Errorf("%w: map %d committed attempt %d with %d segments; commit of attempt %d with %d", ErrConflict, mapIndex, c.Attempt, c.Segments, attempt, segments)
+		return layout.Record{}, false, fmt.Errorf("%w: %s: map %d committed attempt %d with %d segments; commit of attempt %d with %d",
+			ErrConflict, rp.ref, mapIndex, c.Attempt, c.Segments, attempt, segments)
 	}
 	switch {
 	case st.state == attemptClosed:
-		rp.mu.Unlock()
-		return fmt.Errorf("%w: map %d attempt %d", ErrAttemptClosed, mapIndex, attempt)
+		return layout.Record{}, false, fmt.Errorf("%w: %s: map %d attempt %d", ErrAttemptClosed, rp.ref, mapIndex, attempt)
 	case st.next != segments:
-		rp.mu.Unlock()
-		return fmt.Errorf("%w: map %d attempt %d commits %d segments, %d are stored", ErrSeqGap, mapIndex, attempt, segments, st.next)
+		return layout.Record{}, false, fmt.Errorf("%w: %s: map %d attempt %d commits %d segments, %d are stored", ErrSeqGap, rp.ref, mapIndex, attempt, segments, st.next)
 	}
 	st.state = attemptCommitting
 	rp.attempts[k] = st
 	rp.committing++
-	rec := layout.Record{Kind: layout.RecordReduceCommitted, Job: rp.job, Dataset: rp.ds, Index: rp.key.Reduce,
-		Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes, FileLength: rp.s.length}
-	rp.mu.Unlock()
+	// FileLength is the partition's length at the commit: every segment of
+	// the attempt lies before it (written or not; see the type comment).
+	return layout.Record{Kind: layout.RecordReduceCommitted, Job: rp.job, Dataset: rp.ds, Index: rp.key.Reduce,
+		Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes, FileLength: rp.s.length}, false, nil
+}
 
-	err := rp.d.clog.commit(&rec)
-
+// endCommit records the outcome of a commit begun by beginCommit.
+func (rp *ReducePartition) endCommit(mapIndex, attempt, segments uint32, err error) error {
+	k := attemptKey(mapIndex, attempt)
 	rp.mu.Lock()
 	rp.committing--
-	st = rp.attempts[k]
+	st := rp.attempts[k]
 	if err != nil {
 		st.state = attemptOpen
 	} else {
@@ -491,7 +504,9 @@ func (rp *ReducePartition) Commit(ctx context.Context, mapIndex, attempt, segmen
 			}
 		}
 	}
-	rp.attempts[k] = st
+	if rp.attempts != nil {
+		rp.attempts[k] = st
+	}
 	rp.cond.Broadcast()
 	rp.mu.Unlock()
 	if err != nil {

@@ -325,15 +325,26 @@ func TestMergeBufferPressure(t *testing.T) {
 					}
 					next[r]++
 				}
+				// One producer commit for every partition it pushed to.
+				counts := map[uint32]uint32{}
 				for r := uint32(0); r < reduces; r++ {
-					rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "p", Dataset: "d", Reduce: r, MapCount: maps})
-					if err == nil {
-						err = rp.Commit(ctx, m, 0, next[r])
+					if next[r] > 0 {
+						counts[r] = next[r]
 					}
-					if err != nil {
-						errs <- err
-						return
-					}
+				}
+				if err := s.CommitAttempt(ctx, "p", "d", m, 0, counts); err != nil {
+					errs <- err
+					return
+				}
+				// Retried: idempotent.
+				if err := s.CommitAttempt(ctx, "p", "d", m, 0, counts); err != nil {
+					errs <- fmt.Errorf("retried CommitAttempt: %w", err)
+					return
+				}
+				counts[reduces+5] = 1
+				if err := s.CommitAttempt(ctx, "p", "d", m, 0, counts); !errors.Is(err, ErrNotFound) {
+					errs <- fmt.Errorf("CommitAttempt to a missing partition: %v", err)
+					return
 				}
 			}()
 		}

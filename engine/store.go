@@ -413,6 +413,60 @@ func (s *Store) FinalizeReduce(ctx context.Context, job, dataset string, reduce 
 	return rp.Finalize(ctx)
 }
 
+// CommitAttempt is the producer commit of (map, attempt) in every
+// ReducePartition of (job, dataset) it pushed to on this worker: segments
+// maps each reduce index to the attempt's segment count there. It waits for
+// one group commit per disk, not one per partition. A partition that does
+// not exist here is ErrNotFound. When some partitions fail, the others are
+// committed and the error names the failed ones; a retry is idempotent for
+// those already committed.
+func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex, attempt uint32, segments map[uint32]uint32) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	type pending struct {
+		rp   *ReducePartition
+		segs uint32
+	}
+	byDisk := map[*Disk][]pending{}
+	recs := map[*Disk][]layout.Record{}
+	var errs []error
+	for r, n := range segments {
+		rp := s.findReduce(layout.ReduceKey{Job: job, Dataset: dataset, Reduce: r})
+		if rp == nil {
+			errs = append(errs, &PartitionError{Partition: PartitionRef{Kind: KindReduce, Job: job, Dataset: dataset, Index: r}, Err: ErrNotFound})
+			continue
+		}
+		rec, done, err := rp.beginCommit(mapIndex, attempt, n)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !done:
+			byDisk[rp.d] = append(byDisk[rp.d], pending{rp, n})
+			recs[rp.d] = append(recs[rp.d], rec)
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for d, ps := range byDisk {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]error, len(ps))
+			d.clog.commitMany(recs[d], out)
+			for i, p := range ps {
+				if err := p.rp.endCommit(mapIndex, attempt, p.segs, out[i]); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 func (s *Store) findReduce(k layout.ReduceKey) *ReducePartition {
 	for _, d := range s.disks {
 		d.mu.Lock()
