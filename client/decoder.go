@@ -250,50 +250,51 @@ func (d *Decoder) Next() bool {
 	if d.err != nil || d.drained {
 		return false
 	}
-	for d.pos < len(d.payload) {
-		first := d.pos == 0
-		frag, more, n, err := wire.ParseFragment(d.payload[d.pos:])
-		if err != nil {
-			d.drained = true
-			d.corrupt(true, fmt.Errorf("entry at uncompressed offset %d: %w", d.pos, err))
-			return false
+	if d.pos == len(d.payload) {
+		d.drained = true
+		if d.cont != nil {
+			d.corrupt(true, errors.New("a fragmented record is not continued by the next item"))
 		}
-		d.pos += n
-		if more && d.pos != len(d.payload) {
-			d.drained = true
-			d.corrupt(true, fmt.Errorf("%w: a continued fragment at uncompressed offset %d is not the payload's last entry", wire.ErrRecordFraming, d.pos-n))
-			return false
-		}
-		p := (*partial)(nil)
-		if first && d.cont != nil {
-			p, d.cont = d.cont, nil
-		} else if more {
-			p = d.newPartial()
-		}
-		if p == nil {
-			d.rec = frag
-			return true
-		}
-		if len(p.buf)+len(frag) > d.cfg.MaxRecordBytes {
-			d.drained = true
-			d.err = fmt.Errorf("%w: a record of more than %d bytes in %v", ErrRecordTooLarge, d.cfg.MaxRecordBytes, d.cfg.Partition)
-			return false
-		}
-		p.buf = append(p.buf, frag...)
-		if more {
-			p.seq = d.seq
-			d.drained = true
-			return false // the fragment ends the item; the next item continues it
-		}
-		d.removePending(p)
-		d.rec, d.recDone = p.buf, p
+		return false
+	}
+	first := d.pos == 0
+	frag, more, n, err := wire.ParseFragment(d.payload[d.pos:])
+	if err != nil {
+		d.drained = true
+		d.corrupt(true, fmt.Errorf("entry at uncompressed offset %d: %w", d.pos, err))
+		return false
+	}
+	d.pos += n
+	if more && d.pos != len(d.payload) {
+		d.drained = true
+		d.corrupt(true, fmt.Errorf("%w: a continued fragment at uncompressed offset %d is not the payload's last entry", wire.ErrRecordFraming, d.pos-n))
+		return false
+	}
+	p := (*partial)(nil)
+	if first && d.cont != nil {
+		p, d.cont = d.cont, nil
+	} else if more {
+		p = d.newPartial()
+	}
+	if p == nil {
+		d.rec = frag
 		return true
 	}
-	d.drained = true
-	if d.cont != nil {
-		d.corrupt(true, errors.New("a fragmented record is not continued by the next item"))
+	if len(p.buf)+len(frag) > d.cfg.MaxRecordBytes {
+		d.drained = true
+		d.err = fmt.Errorf("%w: a record of more than %d bytes in %v", ErrRecordTooLarge, d.cfg.MaxRecordBytes, d.cfg.Partition)
+		return false
 	}
-	return false
+	p.buf = append(p.buf, frag...)
+	if more {
+		// The fragment ends the item; the next item continues it.
+		p.seq = d.seq
+		d.drained = true
+		return false
+	}
+	d.removePending(p)
+	d.rec, d.recDone = p.buf, p
+	return true
 }
 
 // Record is the current record. It is valid until the next call of Next

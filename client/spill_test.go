@@ -10,13 +10,12 @@ import (
 )
 
 type spillRun struct {
-	t     *testing.T
-	cfg   SpillConfig
-	s     *Spiller
-	c     *collector
-	m     *model
-	peak  int
-	check bool
+	t    *testing.T
+	cfg  SpillConfig
+	s    *Spiller
+	c    *collector
+	m    *model
+	peak int
 }
 
 func newSpillRun(t *testing.T, cfg SpillConfig) *spillRun {
