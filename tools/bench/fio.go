@@ -90,6 +90,7 @@ func RunFio(ctx context.Context, j FioJob) (float64, error) {
 	}
 	return fioBandwidth(out, j.RW)
 }
+
 // fioBandwidth extracts bytes/s of direction rw from fio's JSON output.
 func fioBandwidth(out []byte, rw string) (float64, error) {
 	// fio may print warnings before the JSON object.
