@@ -32,6 +32,14 @@ type slotEntry struct {
 
 type slotCache struct {
 	c *ristretto.Cache[uint64, slotEntry]
+	// keys are the keys put, oldest first, in a ring of twice the entries
+	// the cache can hold; head is the oldest. A key pushed out of the ring
+	// is deleted from the cache, so no entry outlives two cache-fulls of
+	// inserts, and shed frees the oldest entries when live reads need their
+	// buffers. Guarded by Scheduler.mu.
+	keys       []uint64
+	head, n    int
+	sheddedCnt int64
 }
 
 func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
@@ -53,7 +61,7 @@ func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: read-ahead cache: %w", err)
 	}
-	return &slotCache{c: c}, nil
+	return &slotCache{c: c, keys: make([]uint64, 2*entries)}, nil
 }
 
 func slotKey(file uint64, slot int64) uint64 {
@@ -80,9 +88,33 @@ func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
 // reference; the caller keeps its own.
 func (c *slotCache) put(e slotEntry, cost int64) {
 	e.rb.ref()
-	if !c.c.Set(slotKey(e.file, e.slot), e, cost) {
+	k := slotKey(e.file, e.slot)
+	if !c.c.Set(k, e, cost) {
 		e.rb.release() // dropped at once: the cache never saw it
+		return
 	}
+	if c.n == len(c.keys) {
+		c.c.Del(c.keys[c.head])
+		c.head = (c.head + 1) % len(c.keys)
+		c.n--
+	}
+	c.keys[(c.head+c.n)%len(c.keys)] = k
+	c.n++
+}
+
+// shed deletes the oldest entries, at most n, so that live reads get the
+// buffers read-ahead holds (a buffer returns to the pool once no chunk uses
+// it either). It reports how many it deleted; deleting a key the cache no
+// longer has costs nothing.
+func (c *slotCache) shed(n int) int {
+	done := 0
+	for ; done < n && c.n > 0; done++ {
+		c.c.Del(c.keys[c.head])
+		c.head = (c.head + 1) % len(c.keys)
+		c.n--
+	}
+	c.sheddedCnt += int64(done)
+	return done
 }
 
 func (c *slotCache) close() { c.c.Close() }

@@ -121,11 +121,21 @@ type FileKey struct {
 	Ctime    int64 // nanoseconds
 }
 
-// KeyOf returns the key of an open file.
+// KeyOf returns the key and the size of an open file.
 func KeyOf(f *diskio.File) (FileKey, int64, error) {
+	k, size, err := KeyOfFd(f.Fd())
+	if err != nil {
+		return k, size, fmt.Errorf("scheduler: %s: %w", f.Name(), err)
+	}
+	return k, size, nil
+}
+
+// KeyOfFd returns the key and the size of the file open as fd (an
+// *os.File's Fd, for readers outside the IO seam).
+func KeyOfFd(fd int) (FileKey, int64, error) {
 	var st unix.Stat_t
-	if err := unix.Fstat(f.Fd(), &st); err != nil {
-		return FileKey{}, 0, fmt.Errorf("scheduler: stat %s: %w", f.Name(), err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return FileKey{}, 0, fmt.Errorf("scheduler: fstat: %w", err)
 	}
 	return FileKey{Dev: st.Dev, Ino: st.Ino, Ctime: st.Ctim.Nano()}, st.Size, nil
 }

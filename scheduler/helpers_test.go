@@ -234,7 +234,6 @@ type gateIO struct {
 	done    chan *diskio.Request
 	orig    map[*diskio.Request]chan<- *diskio.Request
 	onDone  func(*diskio.Request)
-	started atomic.Bool
 }
 
 type recorded struct {
@@ -301,12 +300,6 @@ func (g *gateIO) heldCount() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return len(g.held)
-}
-
-func (g *gateIO) recorded() []recorded {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]recorded(nil), g.reqs...)
 }
 
 func (g *gateIO) Close() error {

@@ -46,7 +46,10 @@ type ReaderConfig struct {
 
 // Chunk is part of an extent, read into a pool buffer. Data stays valid
 // until Release; several chunks may share one buffer, which returns to the
-// pool when the last of them is released.
+// pool when the last of them is released. Release chunks as soon as their
+// bytes are sent, never only once more chunks arrive: consumers that hold
+// chunks while waiting for the next ones can take the whole budget and wait
+// for each other forever.
 type Chunk struct {
 	Data   []byte
 	Extent int   // index of the extent in the reader's list

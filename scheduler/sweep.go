@@ -108,6 +108,12 @@ func (s *Scheduler) plan() {
 	for len(s.free) > 0 && s.pending > 0 {
 		for len(s.stash) < s.maxBufs {
 			b := s.share.TryGet()
+			if b == nil && s.inflight == 0 && s.cache != nil && s.cache.shed(s.maxBufs-len(s.stash)) > 0 {
+				// Nothing in flight will free a buffer: live reads come
+				// before read-ahead, so the oldest cached slots give theirs
+				// back (those no chunk holds).
+				b = s.share.TryGet()
+			}
 			if b == nil {
 				break
 			}

@@ -1,0 +1,62 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/sluice-shuffle/sluice/scheduler"
+)
+
+// TestSchedSmall runs every case of the scheduler benchmark on a small
+// dataset: every byte must arrive (checked inside), and the HDD model must
+// rank the elevator far ahead of FIFO. No timing is asserted.
+func TestSchedSmall(t *testing.T) {
+	cfg := DefaultSchedConfig(t.TempDir())
+	cfg.Files, cfg.Subpartitions, cfg.FileBytes, cfg.Window = 6, 60, 2<<20, 8
+	cfg.BufferBytes, cfg.BudgetBytes, cfg.MaxReadBytes = 64<<10, 32<<20, 512<<10
+	rep, err := SchedRuns(context.Background(), cfg, 1, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SeekRatio < 5 || rep.ModelRatio < 2 {
+		t.Errorf("elevator vs FIFO: %.1fx fewer seeks, %.1fx less model time", rep.SeekRatio, rep.ModelRatio)
+	}
+	if rep.StaggeredRAHitRatio == 0 {
+		t.Error("staggered consumers never hit the read-ahead cache")
+	}
+	t.Logf("%+v", rep)
+}
+
+// TestSchedProfile runs one case of the full-size benchmark when
+// SLUICE_SCHED_PROFILE names a directory (for go test -cpuprofile).
+func TestSchedProfile(t *testing.T) {
+	dir := os.Getenv("SLUICE_SCHED_PROFILE")
+	if dir == "" {
+		t.Skip("SLUICE_SCHED_PROFILE not set")
+	}
+	cfg := DefaultSchedConfig(dir)
+	ds, err := prepareSched(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := openSchedDisk(cfg, ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	pol := scheduler.Elevator
+	if os.Getenv("SLUICE_SCHED_FIFO") != "" {
+		pol = scheduler.FIFO
+	}
+	stag, _ := strconv.ParseBool(os.Getenv("SLUICE_SCHED_STAGGERED"))
+	ra := os.Getenv("SLUICE_SCHED_NORA") == ""
+	for range 2 {
+		r, err := d.run(context.Background(), pol, stag, ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%+v", r)
+	}
+}
