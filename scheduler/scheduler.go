@@ -141,28 +141,29 @@ type Scheduler struct {
 	exited    chan struct{}
 	closeOnce sync.Once
 
-	mu       sync.Mutex
-	closed   bool
-	paused   bool // tests: queue pieces without issuing them
-	files    map[*diskio.File]*fileInfo
-	nextBase int64
-	jobs     map[string]*job
-	readers  map[*Reader]struct{}
-	active   []*fileInfo // files with pending items (elevator)
-	age      ageList
-	pending  int
-	head     int64 // the sweep's position
-	seq      uint64
-	reads    []*read
-	free     []*read
-	inflight int
-	stash    []*mem.Buf
-	bufs     []*readBuf        // by pool buffer index
-	toNotify []*Reader         // owned by loop
-	batch    []*diskio.Request // owned by loop
-	trace    []TraceRead
-	stats    Stats
-	runBuf   []piece
+	mu        sync.Mutex
+	closed    bool
+	paused    bool // tests: queue pieces without issuing them
+	files     map[*diskio.File]*fileInfo
+	nextBase  int64
+	jobs      map[string]*job
+	readers   map[*Reader]struct{}
+	active    []*fileInfo // files with pending items (elevator)
+	age       ageList
+	pending   int
+	head      int64 // the sweep's position
+	sinceAged int   // reads since the last jump to an aged piece
+	seq       uint64
+	reads     []*read
+	free      []*read
+	inflight  int
+	stash     []*mem.Buf
+	bufs      []*readBuf        // by pool buffer index
+	toNotify  []*Reader         // owned by loop
+	batch     []*diskio.Request // owned by loop
+	trace     []TraceRead
+	stats     Stats
+	runBuf    []piece
 }
 
 type job struct {
@@ -239,20 +240,21 @@ func New(cfg Config) (*Scheduler, error) {
 		return nil, fmt.Errorf("scheduler: read-ahead cache of %d bytes exceeds half the %d-byte share %q", cfg.CacheBytes, shareBytes, cfg.Buffers.Name())
 	}
 	s := &Scheduler{
-		cfg:      cfg,
-		io:       cfg.IO,
-		share:    cfg.Buffers,
-		bufBytes: bufBytes,
-		slotMode: cfg.CacheBytes > 0,
-		now:      cfg.Now,
-		wake:     make(chan struct{}, 1),
-		quit:     make(chan struct{}),
-		exited:   make(chan struct{}),
-		files:    make(map[*diskio.File]*fileInfo),
-		nextBase: 1 << 60,
-		jobs:     make(map[string]*job),
-		readers:  make(map[*Reader]struct{}),
-		head:     math.MinInt64,
+		cfg:       cfg,
+		io:        cfg.IO,
+		share:     cfg.Buffers,
+		bufBytes:  bufBytes,
+		slotMode:  cfg.CacheBytes > 0,
+		now:       cfg.Now,
+		wake:      make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		exited:    make(chan struct{}),
+		files:     make(map[*diskio.File]*fileInfo),
+		nextBase:  1 << 60,
+		jobs:      make(map[string]*job),
+		readers:   make(map[*Reader]struct{}),
+		head:      math.MinInt64,
+		sinceAged: agingBatch,
 	}
 	if s.now == nil {
 		s.now = time.Now

@@ -217,19 +217,31 @@ func (s *Scheduler) sweepPick(capBytes int64) (*fileInfo, int) {
 	return nil, 0
 }
 
-// issueElevator builds the next merged read: the aged piece if one is past
-// the deadline, else the next piece of the sweep, extended by every pending
+// agingBatch is how many reads the sweep makes after jumping to an aged
+// piece before it looks at ages again (mq-deadline's fifo_batch): when the
+// whole backlog is older than the deadline, checking at every read would
+// turn the sweep into oldest-first order with a seek per read.
+const agingBatch = 16
+
+// issueElevator builds the next merged read: from the aged piece if one is
+// past the deadline (the sweep's head jumps there and goes on upwards from
+// it), else from the next piece of the sweep; extended by every pending
 // piece of the same file that starts within reach of what the read already
 // covers (touching, overlapping, within the merge gap, or inside the slot
 // being read anyway), up to the read's limit.
 func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 	var fi *fileInfo
 	var idx int
-	aged := s.agedPick(now, capBytes)
+	var aged *item
+	if s.sinceAged >= agingBatch {
+		aged = s.agedPick(now, capBytes)
+	}
+	s.sinceAged++
 	if aged != nil {
 		fi = aged.fi
 		idx = fi.q.find(aged)
 		s.stats.AgedReads++
+		s.sinceAged = 1
 	} else {
 		fi, idx = s.sweepPick(capBytes)
 		if fi == nil {
@@ -274,9 +286,7 @@ func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 	}
 	q.cut(idx, j, keep)
 	s.unlistIfEmpty(fi)
-	if aged == nil {
-		s.head = last.pos + 1
-	}
+	s.head = last.pos + 1
 	s.runBuf = pieces
 	s.issue(fi, start, limit, claimedEnd)
 	return true

@@ -228,6 +228,9 @@ func (d *schedDisk) close() error {
 	return errors.Join(err, d.io.Close(), d.pool.Close())
 }
 
+// lastTrace is the trace of the last run, for tests.
+var lastTrace []scheduler.TraceRead
+
 // benchReader is one read channel: one consumer's extents of one file.
 type benchReader struct {
 	r        *scheduler.Reader
@@ -419,7 +422,9 @@ func (d *schedDisk) run(ctx context.Context, policy scheduler.Policy, staggered,
 		return res, firstErr
 	}
 	st := s.Stats()
-	m := scheduler.DefaultHDD().Replay(s.Trace())
+	trace := s.Trace()
+	lastTrace = trace
+	m := scheduler.DefaultHDD().Replay(trace)
 	res.Bytes = delivered.Load()
 	if res.Bytes != d.ds.dataBytes {
 		return res, fmt.Errorf("bench sched: %v delivered %d bytes of %d", policy, res.Bytes, d.ds.dataBytes)

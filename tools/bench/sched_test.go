@@ -58,5 +58,25 @@ func TestSchedProfile(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%+v", r)
+		if tr := lastTrace; tr != nil {
+			hist := map[string]int{}
+			descents := 0
+			for i, x := range tr {
+				switch {
+				case x.Length < 256<<10:
+					hist["<256K"]++
+				case x.Length < 1<<20:
+					hist["<1M"]++
+				case x.Length < 4<<20:
+					hist["<4M"]++
+				default:
+					hist["4M"]++
+				}
+				if i > 0 && x.Segments[0].Physical < tr[i-1].Segments[0].Physical {
+					descents++
+				}
+			}
+			t.Logf("read sizes %v, descents %d", hist, descents)
+		}
 	}
 }
