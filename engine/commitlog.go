@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-shuffle/sluice/engine/diskio"
@@ -27,6 +28,7 @@ import (
 // in memory and is rewritten by the next append.
 type commitLog struct {
 	d      *Disk
+	io     diskio.IO // the log's own IO (see newCommitLog)
 	f      *diskio.File
 	align  int64
 	mapped []byte // mmap'd: buf then zero
@@ -49,17 +51,29 @@ type commitLog struct {
 	done   chan struct{}
 }
 
-// commitReq is one record waiting for durability.
+// commitReq is one record waiting for durability, in a group of records
+// whose writer waits for all of them.
 type commitReq struct {
-	rec   layout.Record
-	size  int
-	err   error
-	done  chan struct{}
-	start time.Time
+	rec  layout.Record
+	size int
+	err  error
+	g    *commitGroup
+}
+
+// commitGroup is the records one caller waits for: one channel for all.
+type commitGroup struct {
+	left atomic.Int32
+	done chan struct{}
+}
+
+func (g *commitGroup) finishOne() {
+	if g.left.Add(-1) == 0 {
+		close(g.done)
+	}
 }
 
 const (
-	logBufBytes   = 1 << 20 // records of one group commit, and the tail block
+	logBufBytes   = 4 << 20 // records of one group commit (~65,000), and the tail block
 	logZeroBytes  = 256 << 10
 	logFillAhead  = 4 << 20 // zero-filled ahead of the records
 	logTempSuffix = ".tmp"
@@ -88,7 +102,17 @@ func newCommitLog(d *Disk) (*commitLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: commit log buffer: %w", err)
 	}
-	l := &commitLog{d: d, mapped: m, buf: m[:logBufBytes:logBufBytes], zero: m[logBufBytes:], done: make(chan struct{})}
+	// The log has an IO of its own (its own ring): a group commit must not
+	// queue behind the hundred megabytes of data writes the partitions keep
+	// queued on the disk's IO, or every commit waits for them.
+	io, err := diskio.New(diskio.Config{Backend: d.cfg.Backend, Depth: 4, Dir: d.path, Log: d.log})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("engine: commit log IO: %w", err), unix.Munmap(m))
+	}
+	if d.cfg.WrapIO != nil {
+		io = d.cfg.WrapIO(d.abs(layout.CommitLogFile), io)
+	}
+	l := &commitLog{d: d, io: io, mapped: m, buf: m[:logBufBytes:logBufBytes], zero: m[logBufBytes:], done: make(chan struct{})}
 	l.cond.L = &l.mu
 	return l, nil
 }
@@ -99,7 +123,7 @@ func newCommitLog(d *Disk) (*commitLog, error) {
 func (l *commitLog) install(content []byte, nextLSN uint64) error {
 	d := l.d
 	tmp := layout.CommitLogFile + logTempSuffix
-	f, err := d.io.OpenFile(d.abs(tmp), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := l.io.OpenFile(d.abs(tmp), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("engine: commit log: %w", err)
 	}
@@ -129,7 +153,7 @@ func (l *commitLog) install(content []byte, nextLSN uint64) error {
 		return err
 	}
 	l.f = nil
-	if l.f, err = d.io.OpenFile(d.abs(layout.CommitLogFile), os.O_RDWR, 0); err != nil {
+	if l.f, err = l.io.OpenFile(d.abs(layout.CommitLogFile), os.O_RDWR, 0); err != nil {
 		return fmt.Errorf("engine: commit log: %w", err)
 	}
 	l.nextLSN = nextLSN
@@ -144,7 +168,7 @@ func (l *commitLog) writeThrough(end int64) error {
 	if err := l.fill(l.tailStart + padded); err != nil {
 		return err
 	}
-	if err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpWrite, File: l.f, Buf: l.buf[:padded], Off: l.tailStart}); err != nil {
+	if err := diskio.Do(l.io, &diskio.Request{Op: diskio.OpWrite, File: l.f, Buf: l.buf[:padded], Off: l.tailStart}); err != nil {
 		return err
 	}
 	l.off = l.tailStart + end
@@ -163,11 +187,8 @@ func (l *commitLog) fill(end int64) error {
 		return nil
 	}
 	target := end + logFillAhead
-	for off := end; off < target; off += int64(len(l.zero)) {
-		n := min(int64(len(l.zero)), target-off)
-		if err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpWrite, File: l.f, Buf: l.zero[:n], Off: off}); err != nil {
-			return err
-		}
+	if err := l.f.Preallocate(end, target-end); err != nil {
+		return err
 	}
 	l.zeroed = target
 	return nil
@@ -175,7 +196,7 @@ func (l *commitLog) fill(end int64) error {
 
 func (l *commitLog) sync() error {
 	start := time.Now()
-	err := diskio.Do(l.d.io, &diskio.Request{Op: diskio.OpSync, File: l.f})
+	err := diskio.Do(l.io, &diskio.Request{Op: diskio.OpSync, File: l.f})
 	l.d.stats.syncs.observe(time.Since(start))
 	return err
 }
@@ -183,21 +204,9 @@ func (l *commitLog) sync() error {
 // commit queues r and waits until it is durable (or failed). The ids r
 // points to must stay unchanged until then.
 func (l *commitLog) commit(r *layout.Record) error {
-	if l == nil || !l.d.clogRunning {
-		return fmt.Errorf("%w: the commit log is not open", ErrDiskFailed)
-	}
-	req := &commitReq{rec: *r, size: recordSize(r), done: make(chan struct{}), start: time.Now()}
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return ErrClosed
-	}
-	l.queue = append(l.queue, req)
-	l.cond.Signal()
-	l.mu.Unlock()
-	<-req.done
-	l.d.stats.commitLatency.observe(time.Since(req.start))
-	return req.err
+	var err [1]error
+	l.commitMany([]layout.Record{*r}, err[:])
+	return err[0]
 }
 
 // commitMany queues every record of recs and waits until all are durable
@@ -210,25 +219,29 @@ func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
 		}
 		return
 	}
-	now := time.Now()
+	start := time.Now()
+	g := &commitGroup{done: make(chan struct{})}
+	g.left.Store(int32(len(recs)))
 	reqs := make([]commitReq, len(recs))
 	l.mu.Lock()
-	for i := range recs {
-		reqs[i] = commitReq{rec: recs[i], size: recordSize(&recs[i]), done: make(chan struct{}), start: now}
-		if l.closed {
-			reqs[i].err = ErrClosed
-			close(reqs[i].done)
-			continue
+	if l.closed {
+		l.mu.Unlock()
+		for i := range errs {
+			errs[i] = ErrClosed
 		}
+		return
+	}
+	for i := range recs {
+		reqs[i] = commitReq{rec: recs[i], size: recordSize(&recs[i]), g: g}
 		l.queue = append(l.queue, &reqs[i])
 	}
 	l.cond.Signal()
 	l.mu.Unlock()
+	<-g.done
 	for i := range reqs {
-		<-reqs[i].done
 		errs[i] = reqs[i].err
 	}
-	l.d.stats.commitLatency.observe(time.Since(now))
+	l.d.stats.commitLatency.observe(time.Since(start))
 }
 
 // run is the group committer.
@@ -262,7 +275,7 @@ func (l *commitLog) run() {
 		err := l.append(l.batch)
 		for _, r := range l.batch {
 			r.err = err
-			close(r.done)
+			r.g.finishOne()
 		}
 	}
 }
@@ -326,9 +339,14 @@ func (l *commitLog) close() error {
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	<-l.done
+	return l.release()
+}
+
+// release closes the file and the IO and unmaps the buffer.
+func (l *commitLog) release() error {
 	var err error
 	if l.f != nil {
 		err = l.f.Close()
 	}
-	return errors.Join(err, unix.Munmap(l.mapped))
+	return errors.Join(err, l.io.Close(), unix.Munmap(l.mapped))
 }

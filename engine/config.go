@@ -59,7 +59,8 @@ type Config struct {
 	// WriteBytesPerDisk bounds the pool memory one disk's writers hold
 	// (its mem.Share). Default: half the pool split evenly over the disks.
 	WriteBytesPerDisk int64
-	// WriteDepth bounds the writes one partition has in flight; default 8.
+	// WriteDepth bounds the writes one partition has queued or in flight;
+	// default 16.
 	WriteDepth int
 	// SpareBuffers is how many empty buffers a writer keeps ready beyond the
 	// one it fills, so that Available (the network's credit) covers more
@@ -100,8 +101,10 @@ type Config struct {
 	// Log receives the engine's few log lines; nil is slog.Default().
 	Log *slog.Logger
 
-	// WrapIO, when set, wraps each disk's IO: the fault-injection seam for
-	// tests (diskio.NewFaulty).
+	// WrapIO, when set, wraps each disk's IOs: the fault-injection seam for
+	// tests (diskio.NewFaulty). It is called with the disk's directory for
+	// the IO of the partition files, and with <dir>/COMMITLOG for the
+	// commit log's own IO.
 	WrapIO func(dir string, io diskio.IO) diskio.IO
 
 	// ProcRoot and SysRoot locate /proc and /sys (tests); "" means the real
@@ -112,7 +115,7 @@ type Config struct {
 const (
 	defaultPoolBytes    = 256 << 20
 	defaultBufferBytes  = 1 << 20
-	defaultWriteDepth   = 8
+	defaultWriteDepth   = 16
 	defaultSpareBuffers = 1
 	defaultReserveBytes = 1 << 30
 	defaultHealthEvery  = 5 * time.Second

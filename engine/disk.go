@@ -46,16 +46,21 @@ type Disk struct {
 	pending  atomic.Int64 // bytes accepted by writers and not yet written
 	waiters  atomic.Int32 // writers waiting for a buffer of the share
 
-	// Writes in flight: a fixed table of operations, a free list and one
-	// completion channel drained by the reaper goroutine.
+	// Writes in flight: a fixed table of operations, a free list, the FIFO
+	// of writes the submitter hands to the IO, and one completion channel
+	// drained by the reaper goroutine.
 	ops     []writeOp
 	freeOps chan *writeOp
 	opDone  chan *diskio.Request
+	submitQ chan *writeOp
+	ioSlots chan struct{}
+	ioMax   int
 
 	// Streams with buffers, for the pressure flusher.
 	streamsMu sync.Mutex
 	streams   map[*stream]struct{}
 	pressure  chan struct{}
+	idle      chan struct{}
 
 	// The catalogue of partitions.
 	mu       sync.Mutex
@@ -115,6 +120,19 @@ func (d *Disk) Err() error {
 	return d.failErr
 }
 
+// failedErr is the error operations on a failed disk return: ErrDiskFailed
+// and the cause, both matching errors.Is.
+func (d *Disk) failedErr() error {
+	cause := d.Err()
+	if cause == nil {
+		return fmt.Errorf("%w: %s", ErrDiskFailed, d.path)
+	}
+	if errors.Is(cause, ErrDiskFailed) {
+		return cause
+	}
+	return fmt.Errorf("%w: %s: %w", ErrDiskFailed, d.path, cause)
+}
+
 // IO is the disk's IO seam: the read scheduler reads extents through it.
 func (d *Disk) IO() diskio.IO { return d.io }
 
@@ -156,6 +174,7 @@ func openDisk(s *Store, dc DirConfig) (*Disk, error) {
 		bufBytes: cfg.BufferBytes,
 		streams:  make(map[*stream]struct{}),
 		pressure: make(chan struct{}, 1),
+		idle:     make(chan struct{}, 1),
 		maps:     make(map[layout.MapKey]*mapEntry),
 		writing:  make(map[layout.MapKey]*MapWriter),
 		reduces:  make(map[layout.ReduceKey]*ReducePartition),
@@ -217,16 +236,6 @@ func openDisk(s *Store, dc DirConfig) (*Disk, error) {
 		d.log.Warn("engine: buffers not registered with the IO", "err", err)
 	}
 
-	nops := max(256, 4*io.Info().Depth)
-	d.ops = make([]writeOp, nops)
-	d.freeOps = make(chan *writeOp, nops)
-	d.opDone = make(chan *diskio.Request, nops)
-	for i := range d.ops {
-		op := &d.ops[i]
-		op.d, op.idx = d, uint64(i)
-		op.one[0] = &op.req
-		d.freeOps <- op
-	}
 	d.stats.init()
 	return d, nil
 }
@@ -363,7 +372,7 @@ func (d *Disk) markFailed(cause error) {
 func (d *Disk) usable() error {
 	switch d.State() {
 	case DiskFailed:
-		return fmt.Errorf("%w: %s: %v", ErrDiskFailed, d.path, d.Err())
+		return d.failedErr()
 	case DiskFull:
 		return fmt.Errorf("%w: %s", ErrDiskFull, d.path)
 	}

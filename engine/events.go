@@ -79,6 +79,4 @@ func (e *eventQueue) counts() (emitted, dropped int64) {
 	return e.emitted, e.dropped
 }
 
-func munmap(b []byte) error { return unix.Munmap(b) }
-
 func closeFD(fd int) error { return unix.Close(fd) }

@@ -131,7 +131,7 @@ func (w *MapWriter) checkLocked() error {
 		return w.failLocked(err)
 	}
 	if w.d.State() == DiskFailed {
-		return w.failLocked(fmt.Errorf("%w: %v", ErrDiskFailed, w.d.Err()))
+		return w.failLocked(w.d.failedErr())
 	}
 	return nil
 }

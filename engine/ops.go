@@ -23,6 +23,7 @@ type writeOp struct {
 	acct    int64    // bytes this write takes off the disk's pending count
 	start   time.Time
 	retries int
+	slot    bool // holds one of the submitter's IO slots
 }
 
 // shortRetries bounds how often a write the kernel cut short is continued.
@@ -30,12 +31,54 @@ type writeOp struct {
 // (nearly) full; the continuation then fails with ENOSPC or completes.
 const shortRetries = 4
 
-// getOp takes a free op, waiting for one while the disk has as many writes
-// in flight as it has ops.
+// initOps makes the disk's op table: one op for every buffer of its share
+// (a write owns its buffer, so no more writes can be pending), plus room
+// for fdatasyncs. Writers therefore never wait for an op; the submitter
+// goroutine feeds them to the IO at most ioMax at a time.
+func (d *Disk) initOps() {
+	depth := d.io.Info().Depth
+	nops := d.share.Limit() + 2*depth + 64
+	d.ioMax = min(depth, 16)
+	d.ops = make([]writeOp, nops)
+	d.freeOps = make(chan *writeOp, nops)
+	d.opDone = make(chan *diskio.Request, nops)
+	d.submitQ = make(chan *writeOp, nops)
+	d.ioSlots = make(chan struct{}, d.ioMax)
+	for i := range d.ops {
+		op := &d.ops[i]
+		op.d, op.idx = d, uint64(i)
+		op.one[0] = &op.req
+		d.freeOps <- op
+	}
+}
+
+// getOp takes a free op.
 func (d *Disk) getOp() *writeOp { return <-d.freeOps }
 
-// submitOp submits op's request. On a synchronous failure (the IO refused
-// the request) the op completes through the same path as an IO error.
+// queueOp hands a write to the submitter, in order, without waiting for
+// the IO: a writer holding a partition's lock must not wait behind the
+// hundred writes other partitions have queued.
+func (d *Disk) queueOp(op *writeOp) {
+	op.req.Done = d.opDone
+	op.req.Tag = op.idx
+	d.submitQ <- op
+}
+
+// submitter hands queued writes to the IO, keeping at most ioMax of them
+// there (enough to keep the device busy, few enough that a request does
+// not wait behind hundreds of megabytes).
+func (d *Disk) submitter() {
+	defer d.wg.Done()
+	for op := range d.submitQ {
+		d.ioSlots <- struct{}{}
+		op.slot = true
+		d.submitOp(op)
+	}
+}
+
+// submitOp submits op's request to the IO now. On a synchronous failure
+// (the IO refused the request) the op completes through the same path as
+// an IO error.
 func (d *Disk) submitOp(op *writeOp) {
 	op.req.Done = d.opDone
 	op.req.Tag = op.idx
@@ -79,8 +122,12 @@ func (d *Disk) complete(op *writeOp) {
 	if err != nil {
 		d.noteFault(err)
 	}
+	if op.slot {
+		<-d.ioSlots
+		d.noteIdle()
+	}
 	s, buf, acct := op.s, op.buf, op.acct
-	op.s, op.buf, op.acct, op.retries = nil, nil, 0, 0
+	op.s, op.buf, op.acct, op.retries, op.slot = nil, nil, 0, 0, false
 	op.req = diskio.Request{}
 	d.freeOps <- op
 	d.pending.Add(-acct)

@@ -34,10 +34,22 @@ func (d *Disk) signalPressure() {
 	}
 }
 
-// flusher runs until the disk closes. Each signal comes from a writer
-// about to wait for a buffer; the flusher writes out as many of the largest
-// partial buffers as writers wait (their buffers come back when the writes
-// complete, and go to the waiters in FIFO order).
+// flusher runs until the disk closes. It has two jobs.
+//
+// Memory pressure: each pressure signal comes from a writer about to wait
+// for a buffer; the flusher writes out the largest partial buffers, as many
+// as writers wait beyond what the writes already queued will give back
+// (buffers come back when writes complete, and go to the waiters in FIFO
+// order).
+//
+// An idle disk: when the disk has few writes queued, it writes out the
+// fullest partial buffers (at least idleFlushMin bytes) early. Merge
+// buffers of ReducePartitions fill in lockstep (every producer pushes to
+// every partition in turn), so without this they all become full at about
+// the same moment: a burst of writes while pushes wait for memory, then a
+// disk with nothing to do while the buffers fill again. Writing early keeps
+// the disk busy the whole time, at the price of rewriting one tail block
+// per early write.
 func (d *Disk) flusher() {
 	defer d.wg.Done()
 	var scratch []*stream
@@ -50,21 +62,57 @@ func (d *Disk) flusher() {
 		case <-d.closing:
 			return
 		case <-d.pressure:
+		case <-d.idle:
 		case <-retry.C:
 		}
-		if need := int(d.waiters.Load()); need > 0 {
-			scratch = d.relievePass(scratch, need)
+		if waiters := int(d.waiters.Load()); waiters > 0 {
+			// Writes already queued bring their buffers back when they
+			// complete: flush early only what they cannot cover (a disk
+			// that is the bottleneck gains nothing from more, smaller
+			// writes).
+			if need := waiters - len(d.submitQ) - len(d.ioSlots); need > 0 {
+				scratch = d.relievePass(scratch, need, 0)
+			}
 			retry.Reset(10 * time.Millisecond)
+			continue
+		}
+		if room := d.ioRoom(); room > 0 {
+			scratch = d.relievePass(scratch, room, int64(d.bufBytes/idleFlushFraction))
 		}
 	}
 }
 
-// relievePass flushes the largest buffers of up to need streams.
-func (d *Disk) relievePass(scratch []*stream, need int) []*stream {
+// idleFlushFraction: an idle disk writes out buffers at least this
+// fraction full (a quarter of a 1 MiB buffer is still a large write).
+const idleFlushFraction = 4
+
+// ioRoom is how many more writes the disk could take now without any
+// waiting in its queue (0 when it is busy enough).
+func (d *Disk) ioRoom() int {
+	queued := len(d.submitQ) + len(d.ioSlots)
+	if queued >= d.ioMax/2 {
+		return 0
+	}
+	return d.ioMax - queued
+}
+
+// noteIdle tells the flusher the disk may be running out of writes.
+func (d *Disk) noteIdle() {
+	if d.ioRoom() > 0 {
+		select {
+		case d.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// relievePass flushes the largest buffers (of at least min bytes) of up to
+// need streams.
+func (d *Disk) relievePass(scratch []*stream, need int, min int64) []*stream {
 	d.streamsMu.Lock()
 	scratch = scratch[:0]
 	for s := range d.streams {
-		if s.held.Load() > 0 || s.spareCount.Load() > 0 {
+		if s.held.Load() > max(min, 0) || (min == 0 && s.spareCount.Load() > 0) {
 			scratch = append(scratch, s)
 		}
 	}
@@ -87,7 +135,11 @@ func (d *Disk) relievePass(scratch []*stream, need int) []*stream {
 		if !s.mu.TryLock() {
 			continue
 		}
-		if s.relieve() {
+		if min > 0 {
+			if s.flushEarly(min) {
+				freed++
+			}
+		} else if s.relieve() {
 			freed++
 		}
 		s.mu.Unlock()

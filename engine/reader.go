@@ -127,7 +127,7 @@ func (s *Store) OpenMap(job, dataset string, mapIndex, attempt uint32) (*MapRead
 		return nil, &PartitionError{Partition: ref, Err: ErrNotFound}
 	}
 	if d.State() == DiskFailed || e.lost.Load() {
-		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: fmt.Errorf("%w: %v", ErrDiskFailed, d.Err())}
+		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: d.failedErr()}
 	}
 	f, err := d.io.OpenFile(d.abs(k.Path()), os.O_RDONLY, 0)
 	if err != nil {
@@ -273,7 +273,7 @@ func (s *Store) OpenReduceReader(job, dataset string, reduce uint32) (*ReduceRea
 		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: ErrNotFinalized}
 	}
 	if d.State() == DiskFailed {
-		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: fmt.Errorf("%w: %v", ErrDiskFailed, d.Err())}
+		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: d.failedErr()}
 	}
 	f, err := d.io.OpenFile(d.abs(k.Path()), os.O_RDONLY, 0)
 	if err != nil {

@@ -385,22 +385,20 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 	rp.s.resume(sc.valid, sc.tail)
 	for key, st := range sc.attempts {
 		st.state = attemptOpen
-		rp.attempts[key] = st
+		rp.attempts.set(uint32(key>>32), uint32(key), st)
 	}
 	for _, c := range kept {
-		key := attemptKey(c.Map, c.Attempt)
-		st := rp.attempts[key]
+		st := rp.attempts.get(c.Map, c.Attempt)
 		st.state = attemptCommitted
-		rp.attempts[key] = st
+		rp.attempts.set(c.Map, c.Attempt, st)
 	}
 	rp.commits = kept
 	// The segments of lost attempts stay in the file but are never served;
 	// a rerun pushes as a new attempt.
 	for _, c := range lostCommits {
-		key := attemptKey(c.Map, c.Attempt)
-		st := rp.attempts[key]
+		st := rp.attempts.get(c.Map, c.Attempt)
 		st.state = attemptClosed
-		rp.attempts[key] = st
+		rp.attempts.set(c.Map, c.Attempt, st)
 	}
 	rp.lostMaps = lost
 	if sc.stop != nil {

@@ -70,7 +70,7 @@ type ReducePartition struct {
 	f          *diskio.File
 	s          *stream
 	b          *layout.ReduceBuilder
-	attempts   map[uint64]attemptState
+	attempts   *attemptTable
 	commits    []layout.AttemptCommit // ascending by map
 	committing int
 	lostMaps   []uint32
@@ -78,7 +78,6 @@ type ReducePartition struct {
 	scratch    []byte
 
 	// The open reservation.
-	resvKey uint64
 	resvHdr layout.SegmentHeader
 	payload [2][]byte
 
@@ -98,7 +97,7 @@ func newReduce(d *Disk, k layout.ReduceKey) *ReducePartition {
 func newOpenReduce(d *Disk, k layout.ReduceKey, mapCount uint32, codec layout.Codec, f *diskio.File, b *layout.ReduceBuilder, hint int64) *ReducePartition {
 	rp := newReduce(d, k)
 	rp.mapCount, rp.codec, rp.f, rp.b = mapCount, codec, f, b
-	rp.attempts = make(map[uint64]attemptState)
+	rp.attempts = newAttemptTable(mapCount)
 	rp.s = newStream(d, f, d.cfg.WriteDepth, hint)
 	d.addStream(rp.s)
 	return rp
@@ -180,7 +179,7 @@ func (rp *ReducePartition) checkOpenLocked() error {
 			return rp.failLocked(err)
 		}
 		if rp.d.State() == DiskFailed {
-			return rp.failLocked(fmt.Errorf("%w: %v", ErrDiskFailed, rp.d.Err()))
+			return rp.failLocked(rp.d.failedErr())
 		}
 		return nil
 	case reduceFinalizing, reduceFinalized:
@@ -238,29 +237,21 @@ func (rp *ReducePartition) ReserveSegment(ctx context.Context, header []byte) (p
 		rp.d.stats.badData.Add(1)
 		return nil, false, fmt.Errorf("%w: %w", ErrBadData, err)
 	}
-	rp.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			rp.mu.Unlock()
-		}
-	}()
-	if err := rp.checkOpenLocked(); err != nil {
-		return nil, false, err
-	}
-	k, dup, err := rp.admitLocked(&h)
-	if dup || err != nil {
-		return nil, dup, err
-	}
 	n := layout.SegmentHeaderSize + int(h.PayloadLength)
 	if n > rp.MaxReserve() {
 		return nil, false, fmt.Errorf("%w: segment of %d bytes, at most %d", ErrTooLarge, n, rp.MaxReserve())
 	}
+	if dup, err := rp.lockForAppend(ctx, &h, n); dup || err != nil {
+		return nil, dup, err
+	}
+	// Locked; room for n without waiting.
 	rp.s.mu.Lock()
 	parts, err := rp.s.reserve(ctx, n)
 	rp.s.mu.Unlock()
 	if err != nil {
-		return nil, false, rp.streamErrLocked(err)
+		err = rp.streamErrLocked(err)
+		rp.mu.Unlock()
+		return nil, false, err
 	}
 	// The header goes first, as received.
 	hb := header[:layout.SegmentHeaderSize]
@@ -272,38 +263,77 @@ func (rp *ReducePartition) ReserveSegment(ctx context.Context, header []byte) (p
 			out = append(out, p[c:])
 		}
 	}
-	rp.resvKey, rp.resvHdr = k, h
-	locked = false
+	rp.resvHdr = h
 	return out, false, nil
 }
 
+// lockForAppend takes the partition's lock for appending the n-byte
+// segment h: it checks the partition is open and admits h (dedup), and
+// makes sure the merge buffer takes n bytes without waiting. When it must
+// wait for memory it does so without the lock (other producers of the
+// partition, and commits, go on meanwhile), then checks again. It returns
+// with rp.mu held only when h is to be stored (no error, not a duplicate).
+func (rp *ReducePartition) lockForAppend(ctx context.Context, h *layout.SegmentHeader, n int) (bool, error) {
+	for {
+		rp.mu.Lock()
+		if err := rp.checkOpenLocked(); err != nil {
+			rp.mu.Unlock()
+			return false, err
+		}
+		dup, err := rp.admitLocked(h)
+		if dup || err != nil {
+			rp.mu.Unlock()
+			return dup, err
+		}
+		rp.s.mu.Lock()
+		ok := rp.s.canTake(n)
+		rp.s.mu.Unlock()
+		if ok {
+			return false, nil
+		}
+		rp.mu.Unlock()
+		b, err := rp.d.waitShare(ctx)
+		if err != nil {
+			return false, err
+		}
+		rp.mu.Lock()
+		if rp.phase == reduceOpen && rp.s != nil {
+			rp.s.mu.Lock()
+			rp.s.addSpare(b)
+			rp.s.mu.Unlock()
+		} else {
+			b.Release()
+		}
+		rp.mu.Unlock()
+	}
+}
+
 // admitLocked applies the dedup rules to h.
-func (rp *ReducePartition) admitLocked(h *layout.SegmentHeader) (uint64, bool, error) {
+func (rp *ReducePartition) admitLocked(h *layout.SegmentHeader) (bool, error) {
 	switch {
 	case h.Map >= rp.mapCount:
 		rp.d.stats.badData.Add(1)
-		return 0, false, fmt.Errorf("%w: segment of map %d of %d", ErrBadData, h.Map, rp.mapCount)
+		return false, fmt.Errorf("%w: segment of map %d of %d", ErrBadData, h.Map, rp.mapCount)
 	case h.Codec != layout.CodecNone && h.Codec != rp.codec:
 		rp.d.stats.badData.Add(1)
-		return 0, false, fmt.Errorf("%w: segment codec %v in a partition of codec %v", ErrBadData, h.Codec, rp.codec)
+		return false, fmt.Errorf("%w: segment codec %v in a partition of codec %v", ErrBadData, h.Codec, rp.codec)
 	}
-	k := attemptKey(h.Map, h.Attempt)
-	st := rp.attempts[k]
+	st := rp.attempts.get(h.Map, h.Attempt)
 	switch {
 	case st.state == attemptClosed:
-		return 0, false, fmt.Errorf("%w: map %d attempt %d", ErrAttemptClosed, h.Map, h.Attempt)
+		return false, fmt.Errorf("%w: map %d attempt %d", ErrAttemptClosed, h.Map, h.Attempt)
 	case h.Seq < st.next:
 		rp.d.stats.duplicates.Add(1)
-		return 0, true, nil
+		return true, nil
 	case st.state != attemptOpen:
-		return 0, false, fmt.Errorf("%w: map %d attempt %d is committed, seq %d is past its %d segments", ErrAttemptClosed, h.Map, h.Attempt, h.Seq, st.next)
+		return false, fmt.Errorf("%w: map %d attempt %d is committed, seq %d is past its %d segments", ErrAttemptClosed, h.Map, h.Attempt, h.Seq, st.next)
 	case h.Seq > st.next:
-		return 0, false, fmt.Errorf("%w: map %d attempt %d seq %d, expected %d", ErrSeqGap, h.Map, h.Attempt, h.Seq, st.next)
+		return false, fmt.Errorf("%w: map %d attempt %d seq %d, expected %d", ErrSeqGap, h.Map, h.Attempt, h.Seq, st.next)
 	}
 	if i, ok := rp.commitIndex(h.Map); ok && rp.commits[i].Attempt != h.Attempt {
-		return 0, false, fmt.Errorf("%w: map %d committed attempt %d, push of attempt %d", ErrConflict, h.Map, rp.commits[i].Attempt, h.Attempt)
+		return false, fmt.Errorf("%w: map %d committed attempt %d, push of attempt %d", ErrConflict, h.Map, rp.commits[i].Attempt, h.Attempt)
 	}
-	return k, false, nil
+	return false, nil
 }
 
 // CommitSegment checks the payload of the open reservation against the
@@ -347,10 +377,10 @@ func (rp *ReducePartition) CommitSegment() error {
 	err := s.commitReserved()
 	s.mu.Unlock()
 	// The segment is in the stream whatever happened to the write.
-	st := rp.attempts[rp.resvKey]
+	st := rp.attempts.get(h.Map, h.Attempt)
 	st.next++
 	st.bytes += uint64(h.PayloadLength)
-	rp.attempts[rp.resvKey] = st
+	rp.attempts.set(h.Map, h.Attempt, st)
 	if err != nil {
 		return rp.streamErrLocked(err)
 	}
@@ -390,31 +420,24 @@ func (rp *ReducePartition) Push(ctx context.Context, segment []byte) (dup bool, 
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	rp.mu.Lock()
-	defer rp.mu.Unlock()
-	if err := rp.checkOpenLocked(); err != nil {
-		return false, err
-	}
-	k, dup, err := rp.admitLocked(&h)
-	if dup || err != nil {
+	if dup, err := rp.lockForAppend(ctx, &h, len(segment)); dup || err != nil {
 		return dup, err
 	}
+	defer rp.mu.Unlock()
 	if err := rp.b.AddSegment(&h); err != nil {
 		return false, fmt.Errorf("%w: %w", ErrBadData, err)
 	}
-	// Once admitted the copy runs to its end (a context ending half-way
-	// would leave half a segment in the stream): waits for buffers are
-	// bounded by the writes in flight and the pressure flusher.
+	// The room is there: the copy does not wait.
 	rp.s.mu.Lock()
 	err = rp.s.appendBytes(ctxBackground, segment)
 	rp.s.mu.Unlock()
 	if err != nil {
 		return false, rp.failLocked(err)
 	}
-	st := rp.attempts[k]
+	st := rp.attempts.get(h.Map, h.Attempt)
 	st.next++
 	st.bytes += uint64(h.PayloadLength)
-	rp.attempts[k] = st
+	rp.attempts.set(h.Map, h.Attempt, st)
 	return false, nil
 }
 
@@ -453,14 +476,13 @@ func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layo
 	}
 	// One commit per map at a time: the log must never record two attempts
 	// of one map.
-	for rp.mapCommitting(mapIndex) {
+	for rp.attempts.committing(mapIndex) {
 		rp.cond.Wait()
 	}
 	if err := rp.checkOpenLocked(); err != nil {
 		return layout.Record{}, false, err
 	}
-	k := attemptKey(mapIndex, attempt)
-	st := rp.attempts[k]
+	st := rp.attempts.get(mapIndex, attempt)
 	if i, ok := rp.commitIndex(mapIndex); ok {
 		c := rp.commits[i]
 		if c.Attempt == attempt && c.Segments == segments {
@@ -476,7 +498,8 @@ func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layo
 		return layout.Record{}, false, fmt.Errorf("%w: %s: map %d attempt %d commits %d segments, %d are stored", ErrSeqGap, rp.ref, mapIndex, attempt, segments, st.next)
 	}
 	st.state = attemptCommitting
-	rp.attempts[k] = st
+	rp.attempts.set(mapIndex, attempt, st)
+	rp.attempts.setCommitting(mapIndex, true)
 	rp.committing++
 	// FileLength is the partition's length at the commit: every segment of
 	// the attempt lies before it (written or not; see the type comment).
@@ -486,26 +509,21 @@ func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layo
 
 // endCommit records the outcome of a commit begun by beginCommit.
 func (rp *ReducePartition) endCommit(mapIndex, attempt, segments uint32, err error) error {
-	k := attemptKey(mapIndex, attempt)
 	rp.mu.Lock()
 	rp.committing--
-	st := rp.attempts[k]
-	if err != nil {
-		st.state = attemptOpen
-	} else {
-		st.state = attemptCommitted
-		i, _ := rp.commitIndex(mapIndex)
-		rp.commits = slices.Insert(rp.commits, i, layout.AttemptCommit{Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes})
-		// Other attempts of the map are superseded.
-		for key, o := range rp.attempts {
-			if uint32(key>>32) == mapIndex && key != k && o.state == attemptOpen {
-				o.state = attemptClosed
-				rp.attempts[key] = o
-			}
-		}
-	}
 	if rp.attempts != nil {
-		rp.attempts[k] = st
+		st := rp.attempts.get(mapIndex, attempt)
+		if err != nil {
+			st.state = attemptOpen
+		} else {
+			st.state = attemptCommitted
+			i, _ := rp.commitIndex(mapIndex)
+			rp.commits = slices.Insert(rp.commits, i, layout.AttemptCommit{Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes})
+			// Other attempts of the map are superseded.
+			rp.attempts.closeOthers(mapIndex, attempt)
+		}
+		rp.attempts.set(mapIndex, attempt, st)
+		rp.attempts.setCommitting(mapIndex, false)
 	}
 	rp.cond.Broadcast()
 	rp.mu.Unlock()
@@ -516,32 +534,20 @@ func (rp *ReducePartition) endCommit(mapIndex, attempt, segments uint32, err err
 	return nil
 }
 
-func (rp *ReducePartition) mapCommitting(m uint32) bool {
-	if rp.committing == 0 {
-		return false
-	}
-	for key, st := range rp.attempts {
-		if uint32(key>>32) == m && st.state == attemptCommitting {
-			return true
-		}
-	}
-	return false
-}
-
 // Abort ends an attempt that will not commit: its segments stay in the
 // file and are never served, and it takes no more pushes.
 func (rp *ReducePartition) Abort(mapIndex, attempt uint32) error {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	k := attemptKey(mapIndex, attempt)
-	st := rp.attempts[k]
+	if rp.attempts == nil || mapIndex >= rp.mapCount {
+		return fmt.Errorf("engine: %s: abort of map %d of %d", rp.ref, mapIndex, rp.mapCount)
+	}
+	st := rp.attempts.get(mapIndex, attempt)
 	if st.state == attemptCommitted || st.state == attemptCommitting {
 		return fmt.Errorf("%w: map %d attempt %d is committed", ErrConflict, mapIndex, attempt)
 	}
 	st.state = attemptClosed
-	if rp.attempts != nil {
-		rp.attempts[k] = st
-	}
+	rp.attempts.set(mapIndex, attempt, st)
 	return nil
 }
 

@@ -91,6 +91,7 @@ type diskCounters struct {
 	preallocations  atomic.Int64
 	bufferWaits     atomic.Int64
 	pressureFlushes atomic.Int64
+	idleFlushes     atomic.Int64
 	shortWrites     atomic.Int64
 	faultsFull      atomic.Int64
 	faultsFailed    atomic.Int64
@@ -146,6 +147,7 @@ type DiskStats struct {
 	BufferLimit    int
 	BufferWaits    int64 // writers that had to wait for a buffer
 	PressureFlush  int64 // buffers written out early under memory pressure
+	IdleFlush      int64 // buffers written out early to keep an idle disk busy
 	Preallocations int64
 
 	// Partitions by state.
@@ -178,7 +180,7 @@ func (d *Disk) Stats() DiskStats {
 		Commits: c.commits.Load(), CommitBatches: c.commitBatches.Load(), DirSyncs: c.dirSyncs.Load(),
 		BatchSizeBounds: sizeBounds, BatchSizes: make([]uint64, len(sizeBounds)+1),
 		WritesInFlight: len(d.ops) - len(d.freeOps), PendingBytes: d.pending.Load(),
-		BufferWaits: c.bufferWaits.Load(), PressureFlush: c.pressureFlushes.Load(), Preallocations: c.preallocations.Load(),
+		BufferWaits: c.bufferWaits.Load(), PressureFlush: c.pressureFlushes.Load(), IdleFlush: c.idleFlushes.Load(), Preallocations: c.preallocations.Load(),
 		ShortWrites: c.shortWrites.Load(), FaultsFull: c.faultsFull.Load(), FaultsFailed: c.faultsFailed.Load(),
 		Hangs: c.hangs.Load(), Probes: c.probes.Load(), ProbeFailures: c.probeFailures.Load(),
 		BadData: c.badData.Load(), Duplicates: c.duplicates.Load(),

@@ -31,6 +31,9 @@ type Store struct {
 
 	events *eventQueue
 	lost   sync.Map // *Disk -> *atomic.Int64
+	// reduceIdx finds a ReducePartition without a lock per disk:
+	// layout.ReduceKey -> *reduceSlot.
+	reduceIdx sync.Map
 
 	healthStop chan struct{}
 	healthDone chan struct{}
@@ -135,6 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	limit = max(limit, 4)
 	for _, d := range s.disks {
 		d.share = s.pool.NewShare("write "+d.path, limit)
+		d.initOps()
 	}
 
 	// Recover the disks in parallel.
@@ -166,6 +170,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 
 	for _, d := range s.disks {
+		for k, rp := range d.reduces {
+			s.reduceIdx.Store(k, readySlot(rp))
+		}
 		d.start()
 	}
 	s.report.Duration = time.Since(start)
@@ -179,8 +186,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 // start launches the disk's goroutines.
 func (d *Disk) start() {
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go d.reap()
+	go d.submitter()
 	go d.flusher()
 	d.deleter = newDeleter(d)
 	d.wg.Add(1)
@@ -203,7 +211,7 @@ func (d *Disk) markFailedQuiet(err error) {
 
 func (d *Disk) usableForCommit() error {
 	if d.State() == DiskFailed {
-		return fmt.Errorf("%w: %s: %v", ErrDiskFailed, d.path, d.Err())
+		return d.failedErr()
 	}
 	return nil
 }
@@ -345,44 +353,69 @@ func (s *Store) OpenReduce(ctx context.Context, spec ReduceSpec) (*ReducePartiti
 	if err := checkIDs(spec.Job, spec.Dataset); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	k := layout.ReduceKey{Job: spec.Job, Dataset: spec.Dataset, Reduce: spec.Reduce}
 	ref := reduceRef(k)
-	if rp := s.findReduce(k); rp != nil {
-		return rp.checkSpec(&spec)
-	}
-	s.createMu.Lock()
-	defer s.createMu.Unlock()
-	for _, d := range s.disks {
-		d.mu.Lock()
-		rp := d.reduces[k]
-		rel := d.releasing(k.Job, k.Dataset)
-		d.mu.Unlock()
-		if rp != nil {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if rp := s.findReduce(k); rp != nil {
 			return rp.checkSpec(&spec)
 		}
-		if rel {
-			return nil, &PartitionError{Partition: ref, Disk: d.path, Err: ErrReleased}
+		// Claim the key, so that other openers of it wait for this
+		// creation while openers of other partitions go on.
+		s.createMu.Lock()
+		for _, d := range s.disks {
+			d.mu.Lock()
+			rel := d.releasing(k.Job, k.Dataset)
+			d.mu.Unlock()
+			if rel {
+				s.createMu.Unlock()
+				return nil, &PartitionError{Partition: ref, Disk: d.path, Err: ErrReleased}
+			}
 		}
+		slot := &reduceSlot{ready: make(chan struct{})}
+		if _, loaded := s.reduceIdx.LoadOrStore(k, slot); loaded {
+			s.createMu.Unlock()
+			continue // created meanwhile: find it
+		}
+		d, err := s.choose(PlacementRequest{Partition: ref, Prefer: spec.Prefer})
+		s.createMu.Unlock()
+		var rp *ReducePartition
+		if err == nil {
+			d.mu.Lock()
+			k.Job, k.Dataset = d.internStr(k.Job), d.internStr(k.Dataset)
+			d.mu.Unlock()
+			if rp, err = d.createReduce(k, &spec); err != nil {
+				d.noteFault(err)
+				err = &PartitionError{Partition: ref, Disk: d.path, Err: wrapFault(err)}
+			}
+		}
+		if err != nil {
+			s.reduceIdx.CompareAndDelete(k, slot)
+			close(slot.ready)
+			return nil, err
+		}
+		d.mu.Lock()
+		d.reduces[k] = rp
+		d.mu.Unlock()
+		slot.rp = rp
+		close(slot.ready)
+		return rp, nil
 	}
-	d, err := s.choose(PlacementRequest{Partition: ref, Prefer: spec.Prefer})
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	k.Job, k.Dataset = d.internStr(k.Job), d.internStr(k.Dataset)
-	d.mu.Unlock()
-	rp, err := d.createReduce(k, &spec)
-	if err != nil {
-		d.noteFault(err)
-		return nil, &PartitionError{Partition: ref, Disk: d.path, Err: wrapFault(err)}
-	}
-	d.mu.Lock()
-	d.reduces[k] = rp
-	d.mu.Unlock()
-	return rp, nil
+}
+
+// reduceSlot is a ReducePartition in the store's index, or one being
+// created (ready not closed yet; rp nil if the creation failed).
+type reduceSlot struct {
+	ready chan struct{}
+	rp    *ReducePartition
+}
+
+func readySlot(rp *ReducePartition) *reduceSlot {
+	s := &reduceSlot{ready: make(chan struct{}), rp: rp}
+	close(s.ready)
+	return s
 }
 
 func (rp *ReducePartition) checkSpec(spec *ReduceSpec) (*ReducePartition, error) {
@@ -467,16 +500,16 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 	return errors.Join(errs...)
 }
 
+// findReduce returns the partition of k, waiting for its creation if it is
+// under way, or nil.
 func (s *Store) findReduce(k layout.ReduceKey) *ReducePartition {
-	for _, d := range s.disks {
-		d.mu.Lock()
-		rp := d.reduces[k]
-		d.mu.Unlock()
-		if rp != nil {
-			return rp
-		}
+	v, ok := s.reduceIdx.Load(k)
+	if !ok {
+		return nil
 	}
-	return nil
+	slot := v.(*reduceSlot)
+	<-slot.ready
+	return slot.rp
 }
 
 func (s *Store) findMap(k layout.MapKey) (*Disk, *mapEntry) {
@@ -498,6 +531,14 @@ func (d *Disk) forgetReduce(rp *ReducePartition) {
 		delete(d.reduces, rp.key)
 	}
 	d.mu.Unlock()
+	d.store.unindexReduce(rp)
+}
+
+// unindexReduce removes rp from the store's index.
+func (s *Store) unindexReduce(rp *ReducePartition) {
+	if v, ok := s.reduceIdx.Load(rp.key); ok && v.(*reduceSlot).rp == rp {
+		s.reduceIdx.CompareAndDelete(rp.key, v)
+	}
 }
 
 // releasing reports whether a release of the dataset (or its job) is
@@ -559,6 +600,9 @@ func (s *Store) Release(ctx context.Context, job, dataset string) error {
 				reduces = append(reduces, rp)
 				delete(d.reduces, k)
 			}
+		}
+		for _, rp := range reduces {
+			s.unindexReduce(rp)
 		}
 		for dir := range d.dirs {
 			if dir == rel || strings.HasPrefix(dir, rel+"/") {
@@ -691,15 +735,15 @@ func (d *Disk) close() error {
 		if d.clogRunning {
 			errs = append(errs, d.clog.close())
 		} else {
-			if d.clog.f != nil {
-				errs = append(errs, d.clog.f.Close())
-			}
-			errs = append(errs, munmap(d.clog.mapped))
+			errs = append(errs, d.clog.release())
 		}
 	}
 	close(d.closing)
 	if d.deleter != nil {
 		d.deleter.stop()
+		// Started: the submitter and the reaper run. Every stream has
+		// waited for its writes, so the queue is empty.
+		close(d.submitQ)
 	}
 	if d.io != nil {
 		errs = append(errs, d.io.Close())

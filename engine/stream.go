@@ -176,6 +176,50 @@ func (s *stream) waitBuf(ctx context.Context) (*mem.Buf, error) {
 	return b, nil
 }
 
+// canTake reports whether n more bytes fit without waiting: in the current
+// buffer, the spares, and buffers the share gives at once (taken as
+// spares). A writer that must not wait under a lock asks first and, when
+// the answer is no, waits for a buffer outside the lock (waitSpare).
+func (s *stream) canTake(n int) bool {
+	avail := len(s.spares) * s.bufBytes
+	if s.cur != nil {
+		avail += s.bufBytes - s.curLen
+	} else {
+		avail -= s.tailLen
+	}
+	for avail < n {
+		b := s.d.share.TryGet()
+		if b == nil {
+			return false
+		}
+		s.addSpare(b)
+		avail += s.bufBytes
+	}
+	return true
+}
+
+func (s *stream) addSpare(b *mem.Buf) {
+	s.spares = append(s.spares, b)
+	s.spareCount.Store(int32(len(s.spares)))
+}
+
+// waitShare waits for a buffer of the disk's share, asking the flusher for
+// memory; the caller holds no lock.
+func (d *Disk) waitShare(ctx context.Context) (*mem.Buf, error) {
+	if b := d.share.TryGet(); b != nil {
+		return b, nil
+	}
+	d.stats.bufferWaits.Add(1)
+	d.waiters.Add(1)
+	d.signalPressure()
+	b, err := d.share.Get(ctx)
+	d.waiters.Add(-1)
+	if err != nil {
+		return nil, fmt.Errorf("engine: waiting for a write buffer: %w", err)
+	}
+	return b, nil
+}
+
 // ensureCur makes sure there is a current buffer, starting it with the
 // carried tail block.
 func (s *stream) ensureCur(ctx context.Context) error {
@@ -412,7 +456,7 @@ func (s *stream) submitWrite(buf *mem.Buf, data []byte, off, end int64) error {
 	}
 	s.inflight.Add(1)
 	s.submittedEnd = max(s.submittedEnd, off+int64(len(data)))
-	s.d.submitOp(op)
+	s.d.queueOp(op)
 	return nil
 }
 
@@ -515,6 +559,19 @@ func (s *stream) abort() {
 	}
 	s.releaseSpares()
 	s.waitInflight(0)
+}
+
+// flushEarly writes the current buffer out early for an idle disk, if it
+// holds at least min new bytes. Called by the disk's flusher with mu held.
+func (s *stream) flushEarly(min int64) bool {
+	if s.closed || s.resv != 0 || s.cur == nil || int64(s.curLen-s.carried) < min || s.failed() != nil {
+		return false
+	}
+	if s.flushCur() != nil {
+		return false
+	}
+	s.d.stats.idleFlushes.Add(1)
+	return true
 }
 
 // relieve gives memory back under pressure: spare buffers, and the current

@@ -1,0 +1,302 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sluice-shuffle/sluice/layout"
+)
+
+func TestDefaultPlacement(t *testing.T) {
+	disk := func(i int, typ DiskType, pending int64, writers int, free int64) DiskStatus {
+		return DiskStatus{Index: i, Type: typ, PendingBytes: pending, OpenWriters: writers, Free: free}
+	}
+	cases := []struct {
+		name   string
+		prefer DiskType
+		disks  []DiskStatus
+		want   int
+	}{
+		{"one disk", DiskUnknown, []DiskStatus{disk(0, DiskHDD, 0, 0, 1)}, 0},
+		{"least pending", DiskUnknown, []DiskStatus{disk(0, DiskSSD, 5, 0, 9), disk(1, DiskSSD, 3, 9, 1)}, 1},
+		{"then fewest writers", DiskUnknown, []DiskStatus{disk(0, DiskSSD, 0, 4, 9), disk(1, DiskSSD, 0, 2, 1)}, 1},
+		{"then most free", DiskUnknown, []DiskStatus{disk(0, DiskSSD, 0, 0, 1), disk(1, DiskSSD, 0, 0, 9)}, 1},
+		{"SSD preferred by default", DiskUnknown, []DiskStatus{disk(0, DiskHDD, 0, 0, 9), disk(1, DiskSSD, 7, 7, 1)}, 1},
+		{"unknown counts as SSD", DiskUnknown, []DiskStatus{disk(0, DiskHDD, 0, 0, 9), disk(1, DiskUnknown, 7, 7, 1)}, 1},
+		{"HDD asked for", DiskHDD, []DiskStatus{disk(0, DiskSSD, 0, 0, 9), disk(1, DiskHDD, 7, 7, 1), disk(2, DiskHDD, 3, 0, 1)}, 2},
+		{"falls back to the other type", DiskHDD, []DiskStatus{disk(0, DiskSSD, 5, 0, 9), disk(1, DiskSSD, 1, 0, 9)}, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := DefaultPlacement(PlacementRequest{Prefer: c.prefer}, c.disks); got != c.want {
+				t.Fatalf("chose %d, want %d", got, c.want)
+			}
+		})
+	}
+}
+
+// TestPlacementSkipsDisks: full, failed and short-of-space disks are never
+// candidates, and the configured type decides between the rest.
+func TestPlacementSkipsDisks(t *testing.T) {
+	a, b, c := t.TempDir(), t.TempDir(), t.TempDir()
+	cfg := testConfig("", a, b, c)
+	cfg.Dirs[0].Type, cfg.Dirs[1].Type, cfg.Dirs[2].Type = DiskHDD, DiskSSD, DiskSSD
+	var seen [][]DiskStatus
+	cfg.Placement = func(req PlacementRequest, cands []DiskStatus) int {
+		seen = append(seen, cands)
+		return DefaultPlacement(req, cands)
+	}
+	s := openTestStore(t, cfg)
+	ctx := context.Background()
+	ds := s.Disks()
+	ds[1].setState(DiskFull)
+	ds[2].markFailed(errors.New("test failure"))
+	w, err := s.CreateMap(ctx, MapSpec{Job: "p", Dataset: "d", Subpartitions: 1, Prefer: DiskSSD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Disk() != ds[0] || len(seen[0]) != 1 {
+		t.Fatalf("placed on %s among %+v", w.Disk().Path(), seen[0])
+	}
+	w.Abort()
+	if _, err := s.CreateMap(ctx, MapSpec{Job: "p", Dataset: "d", Map: 1, Subpartitions: 1, SizeHint: 1 << 62}); !errors.Is(err, ErrNoDisk) {
+		t.Fatalf("a partition larger than every disk: %v", err)
+	}
+	ds[1].refreshSpace() // full → healthy: the space is there
+	w, err = s.CreateMap(ctx, MapSpec{Job: "p", Dataset: "d", Map: 2, Subpartitions: 1, Prefer: DiskSSD})
+	if err != nil || w.Disk() != ds[1] {
+		t.Fatalf("SSD back: %v on %v", err, w.Disk().Path())
+	}
+	w.Abort()
+}
+
+func TestParseDir(t *testing.T) {
+	cases := []struct {
+		in   string
+		want DirConfig
+		err  bool
+	}{
+		{"/data/1", DirConfig{Path: "/data/1"}, false},
+		{"[ssd]/data/1", DirConfig{Path: "/data/1", Type: DiskSSD}, false},
+		{" [HDD]/data/2 ", DirConfig{Path: "/data/2", Type: DiskHDD}, false},
+		{"[tape]/x", DirConfig{}, true},
+		{"[ssd]", DirConfig{}, true},
+		{"", DirConfig{}, true},
+	}
+	for _, c := range cases {
+		got, err := ParseDir(c.in)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("ParseDir(%q) = %+v, %v", c.in, got, err)
+		}
+	}
+}
+
+// TestExtentChecker feeds a MapPartition extent and a ReducePartition
+// segment area in blocks of every size from 1 byte, so that headers split
+// at every offset; and it refuses damaged headers and foreign buffers.
+func TestExtentChecker(t *testing.T) {
+	var mapBytes []byte
+	for i := range 5 {
+		mapBytes = append(mapBytes, storedBuffer(uint32(2+i%2), payload(10+i*37, uint32(i)))...)
+	}
+	e := Extent{Offset: 1000, Length: int64(len(mapBytes))}
+	for block := 1; block <= 70; block++ {
+		c := NewMapChecker(e, 2, 4)
+		var got []byte
+		var out [][]byte
+		var err error
+		for off := 0; off < len(mapBytes); off += block {
+			if out, err = c.Check(mapBytes[off:min(off+block, len(mapBytes))], out[:0]); err != nil {
+				t.Fatalf("block %d: %v", block, err)
+			}
+			for _, p := range out {
+				got = append(got, p...)
+			}
+		}
+		if err := c.Finish(); err != nil || !bytes.Equal(got, mapBytes) {
+			t.Fatalf("block %d: %v, %d bytes", block, err, len(got))
+		}
+	}
+	if _, err := NewMapChecker(e, 3, 4).Check(mapBytes, nil); !errors.Is(err, layout.ErrCorrupt) {
+		t.Fatalf("buffer of another subpartition: %v", err)
+	}
+	bad := bytes.Clone(mapBytes)
+	bad[layout.BufferHeaderSize+10+5] ^= 1 // the second buffer's header
+	if _, err := NewMapChecker(e, 2, 4).Check(bad, nil); !errors.Is(err, layout.ErrCorrupt) {
+		t.Fatalf("damaged header: %v", err)
+	}
+	if err := func() error { c := NewMapChecker(e, 2, 4); c.Check(mapBytes[:len(mapBytes)-1], nil); return c.Finish() }(); err == nil {
+		t.Fatal("a short extent passed")
+	}
+
+	// Segments: map 0 attempt 0 committed 3 (seq 1 twice), map 1 attempt 0
+	// aborted, map 1 attempt 1 committed 1.
+	segs := [][]byte{
+		segmentBytes(0, 0, 0, payload(5, 1)), segmentBytes(1, 0, 0, payload(40, 2)), segmentBytes(0, 0, 1, payload(33, 3)),
+		segmentBytes(0, 0, 1, payload(33, 3)), segmentBytes(1, 1, 0, payload(1, 4)), segmentBytes(0, 0, 2, payload(70, 5)),
+	}
+	want := bytes.Join([][]byte{segs[0], segs[2], segs[4], segs[5]}, nil)
+	area := bytes.Join(segs, nil)
+	commits := []layout.AttemptCommit{{Map: 0, Attempt: 0, Segments: 3, Bytes: 5 + 33 + 70}, {Map: 1, Attempt: 1, Segments: 1, Bytes: 1}}
+	re := Extent{Offset: 77, Length: int64(len(area)), Region: -1}
+	for block := 1; block <= 80; block++ {
+		f, _ := layout.NewReduceFilter(commits)
+		c := NewReduceChecker(re, f)
+		var got []byte
+		var out [][]byte
+		var err error
+		for off := 0; off < len(area); off += block {
+			if out, err = c.Check(area[off:min(off+block, len(area))], out[:0]); err != nil {
+				t.Fatalf("block %d: %v", block, err)
+			}
+			for _, p := range out {
+				got = append(got, p...)
+			}
+		}
+		if err := c.Finish(); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("block %d: %v, served %d bytes, want %d", block, err, len(got), len(want))
+		}
+	}
+	// A committed segment missing from the area fails Finish.
+	f, _ := layout.NewReduceFilter(commits)
+	short := bytes.Join(segs[:5], nil)
+	c := NewReduceChecker(Extent{Offset: 0, Length: int64(len(short))}, f)
+	c.Check(short, nil)
+	if err := c.Finish(); !errors.Is(err, layout.ErrCorrupt) {
+		t.Fatalf("missing committed segment: %v", err)
+	}
+}
+
+// TestRelease: a release is recorded before anything is deleted, stops
+// serving and writing at once, deletes at the configured rate, and refuses
+// new partitions of the dataset until the deletion is done.
+func TestRelease(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		cfg := testConfig(backend, dir)
+		cfg.DeleteBytesPerSecond = 1 << 20 // the open ReducePartition is preallocated: the release stays pending a while
+		ev := &eventLog{}
+		cfg.OnEvent = ev.add
+		s := openTestStore(t, cfg)
+		ctx := context.Background()
+		for m := uint32(0); m < 8; m++ {
+			writeMap(t, s, "rel", "a", m, 0)
+		}
+		writeMap(t, s, "rel", "b", 0, 0)
+		writeMap(t, s, "other", "a", 0, 0)
+		w, err := s.CreateMap(ctx, MapSpec{Job: "rel", Dataset: "a", Map: 99, Subpartitions: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "rel", Dataset: "a", Reduce: 0, MapCount: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := s.Release(ctx, "rel", "a"); err != nil {
+			t.Fatal(err)
+		}
+		ev.wait(t, EventReleased)
+		if err := w.StartRegion(false); !errors.Is(err, ErrReleased) {
+			t.Fatalf("writer of a released dataset: %v", err)
+		}
+		if _, err := rp.Push(ctx, testSegment(0, 0, 0, 0)); !errors.Is(err, ErrReleased) {
+			t.Fatalf("push to a released dataset: %v", err)
+		}
+		if _, err := s.OpenMap("rel", "a", 0, 0); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("released partition served: %v", err)
+		}
+		if _, err := s.CreateMap(ctx, MapSpec{Job: "rel", Dataset: "a", Map: 100, Subpartitions: 4}); !errors.Is(err, ErrReleased) {
+			t.Fatalf("new partition of a dataset being deleted: %v", err)
+		}
+		if err := s.WaitDeletes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Over 1 MiB at 1 MiB/s, the first second's worth free: the
+		// limiter held the deletion back for a while (a lower bound only).
+		if d := time.Since(start); d < 50*time.Millisecond {
+			t.Fatalf("deleted in %v", d)
+		}
+		if _, err := os.Stat(filepath.Join(dir, layout.DatasetDir([]byte("rel"), []byte("a")))); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("released dataset still on disk: %v", err)
+		}
+		if st := s.Stats().Disks[0]; st.DeletedFiles < 8 {
+			t.Fatalf("%d files deleted", st.DeletedFiles)
+		}
+		checkMapReadable(t, s, "rel", "b", 0, 0)
+		checkMapReadable(t, s, "other", "a", 0, 0)
+		// The dataset may be written again once deleted.
+		writeMap(t, s, "rel", "a", 0, 0)
+		// A job release takes every dataset of the job.
+		if err := s.Release(ctx, "rel", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WaitDeletes(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.OpenMap("rel", "b", 0, 0); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("partition of a released job: %v", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s2 := openTestStore(t, testConfig(backend, dir))
+		if r := s2.Recovery(); r.Disks[0].Maps != 1 || len(r.Lost) != 0 || r.Disks[0].Removed != 0 {
+			t.Fatalf("after releases: %+v lost %+v", r.Disks[0], r.Lost)
+		}
+	})
+}
+
+func TestTokenBucket(t *testing.T) {
+	b := bucket{rate: 1000}
+	stop := make(chan struct{})
+	start := time.Now()
+	for range 1500 {
+		if !b.take(1, stop) {
+			t.Fatal("stopped")
+		}
+	}
+	// The first second's worth is free, the next 500 take about half a
+	// second: at least a quarter of one, however slow the machine.
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("1,500 tokens at 1,000/s in %v", d)
+	}
+	close(stop)
+	b2 := bucket{rate: 1}
+	b2.take(1, stop)
+	if b2.take(10, stop) {
+		t.Fatal("a stopped bucket waited out ten seconds")
+	}
+}
+
+func TestStats(t *testing.T) {
+	s := openTestStore(t, testConfig("", t.TempDir()))
+	writeMap(t, s, "s", "d", 0, 0)
+	st := s.Stats()
+	d := st.Disks[0]
+	if d.BytesWritten == 0 || d.Fdatasync.Count == 0 || d.Commits == 0 || d.CommitBatches == 0 || d.MapsCommitted != 1 ||
+		st.MapsCommitted != 1 || st.DisksHealthy != 1 || d.BufferLimit == 0 || d.Backend == "" {
+		t.Fatalf("stats %+v", d)
+	}
+	var batches uint64
+	for _, n := range d.BatchSizes {
+		batches += n
+	}
+	if int64(batches) != d.CommitBatches || d.Fdatasync.Quantile(0.5) <= 0 {
+		t.Fatalf("histograms %+v %+v", d.BatchSizes, d.Fdatasync)
+	}
+	r, err := s.OpenMap("s", "d", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAllExtents(t, r, 0, 4)
+	r.Close()
+	if s.Stats().Disks[0].BytesRead == 0 {
+		t.Fatal("no bytes read counted")
+	}
+}
