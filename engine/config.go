@@ -67,6 +67,12 @@ type Config struct {
 	// than the current buffer; default 1.
 	SpareBuffers int
 
+	// ReducePreallocBytes is how much a new ReducePartition file is
+	// preallocated for when its ReduceSpec has no size hint (default 8 MiB;
+	// truncated to the real length at finalize). Preallocating later costs
+	// more: fallocate waits for the file's writes in flight.
+	ReducePreallocBytes int64
+
 	// ReserveBytes is the free space below which a disk takes no new
 	// partitions. Zero means the default, 1 GiB or 5% of the disk's
 	// capacity, whichever is smaller; negative means no reserve.
@@ -113,16 +119,17 @@ type Config struct {
 }
 
 const (
-	defaultPoolBytes    = 256 << 20
-	defaultBufferBytes  = 1 << 20
-	defaultWriteDepth   = 16
-	defaultSpareBuffers = 1
-	defaultReserveBytes = 1 << 30
-	defaultHealthEvery  = 5 * time.Second
-	defaultProbeTimeout = 10 * time.Second
-	defaultHangTimeout  = 30 * time.Second
-	defaultDeleteFiles  = 2000
-	defaultDeleteBytes  = 1 << 30
+	defaultPoolBytes      = 256 << 20
+	defaultBufferBytes    = 1 << 20
+	defaultWriteDepth     = 16
+	defaultReducePrealloc = 8 << 20
+	defaultSpareBuffers   = 1
+	defaultReserveBytes   = 1 << 30
+	defaultHealthEvery    = 5 * time.Second
+	defaultProbeTimeout   = 10 * time.Second
+	defaultHangTimeout    = 30 * time.Second
+	defaultDeleteFiles    = 2000
+	defaultDeleteBytes    = 1 << 30
 )
 
 func (c *Config) withDefaults() Config {
@@ -135,6 +142,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if o.Pool != nil {
 		o.BufferBytes = o.Pool.BufferBytes()
+	}
+	if o.ReducePreallocBytes <= 0 {
+		o.ReducePreallocBytes = defaultReducePrealloc
 	}
 	if o.WriteDepth <= 0 {
 		o.WriteDepth = defaultWriteDepth

@@ -96,7 +96,7 @@ func (d *Disk) createMap(k layout.MapKey, spec *MapSpec) (*MapWriter, error) {
 	if w.f, err = d.createFile(k.Path()); err != nil {
 		return nil, err
 	}
-	w.s = newStream(d, w.f, d.cfg.WriteDepth, spec.SizeHint)
+	w.s = newStream(d, w.f, d.cfg.WriteDepth, spec.SizeHint, d.cfg.SpareBuffers)
 	d.addStream(w.s)
 	w.s.mu.Lock()
 	err = w.s.appendBytes(ctxBackground, w.scratch)

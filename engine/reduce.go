@@ -24,6 +24,10 @@ type ReduceSpec struct {
 	Codec    layout.Codec
 	// Prefer is the disk type the dataset asks for.
 	Prefer DiskType
+	// SizeHint is the expected size of the partition (0: unknown, then
+	// Config.ReducePreallocBytes); the file is preallocated for it when it
+	// is created.
+	SizeHint int64
 }
 
 // ReduceResult is a finalized ReducePartition.
@@ -98,7 +102,8 @@ func newOpenReduce(d *Disk, k layout.ReduceKey, mapCount uint32, codec layout.Co
 	rp := newReduce(d, k)
 	rp.mapCount, rp.codec, rp.f, rp.b = mapCount, codec, f, b
 	rp.attempts = newAttemptTable(mapCount)
-	rp.s = newStream(d, f, d.cfg.WriteDepth, hint)
+	// No spare buffers: a thousand partitions share the memory.
+	rp.s = newStream(d, f, d.cfg.WriteDepth, hint, 0)
 	d.addStream(rp.s)
 	return rp
 }
@@ -129,7 +134,11 @@ func (d *Disk) createReduce(k layout.ReduceKey, spec *ReduceSpec) (*ReducePartit
 	// The header is made durable at once: whatever happens to the pushes
 	// in the merge buffer, recovery finds a partition it can continue (its
 	// directory entry is synced by the first commit's group commit).
-	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, f, b, 0)
+	hint := spec.SizeHint
+	if hint <= 0 {
+		hint = d.cfg.ReducePreallocBytes
+	}
+	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, f, b, hint)
 	rp.s.mu.Lock()
 	err = rp.s.appendBytes(ctxBackground, hdr)
 	if err == nil {
@@ -299,7 +308,11 @@ func (rp *ReducePartition) lockForAppend(ctx context.Context, h *layout.SegmentH
 		rp.mu.Lock()
 		if rp.phase == reduceOpen && rp.s != nil {
 			rp.s.mu.Lock()
-			rp.s.addSpare(b)
+			if rp.s.canTakeHeld(n) {
+				b.Release() // another producer made room meanwhile
+			} else {
+				rp.s.addSpare(b)
+			}
 			rp.s.mu.Unlock()
 		} else {
 			b.Release()

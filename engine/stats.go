@@ -89,6 +89,7 @@ type diskCounters struct {
 	batchSizes      [24]atomic.Uint64
 	dirSyncs        atomic.Int64
 	preallocations  atomic.Int64
+	extendingWrites atomic.Int64
 	bufferWaits     atomic.Int64
 	pressureFlushes atomic.Int64
 	idleFlushes     atomic.Int64
@@ -149,6 +150,9 @@ type DiskStats struct {
 	PressureFlush  int64 // buffers written out early under memory pressure
 	IdleFlush      int64 // buffers written out early to keep an idle disk busy
 	Preallocations int64
+	// ExtendingWrites are writes past the preallocated range, issued while
+	// the file had writes in flight (preallocating then would wait for them).
+	ExtendingWrites int64
 
 	// Partitions by state.
 	MapsWriting    int
@@ -180,7 +184,7 @@ func (d *Disk) Stats() DiskStats {
 		Commits: c.commits.Load(), CommitBatches: c.commitBatches.Load(), DirSyncs: c.dirSyncs.Load(),
 		BatchSizeBounds: sizeBounds, BatchSizes: make([]uint64, len(sizeBounds)+1),
 		WritesInFlight: len(d.ops) - len(d.freeOps), PendingBytes: d.pending.Load(),
-		BufferWaits: c.bufferWaits.Load(), PressureFlush: c.pressureFlushes.Load(), IdleFlush: c.idleFlushes.Load(), Preallocations: c.preallocations.Load(),
+		BufferWaits: c.bufferWaits.Load(), PressureFlush: c.pressureFlushes.Load(), IdleFlush: c.idleFlushes.Load(), Preallocations: c.preallocations.Load(), ExtendingWrites: c.extendingWrites.Load(),
 		ShortWrites: c.shortWrites.Load(), FaultsFull: c.faultsFull.Load(), FaultsFailed: c.faultsFailed.Load(),
 		Hangs: c.hangs.Load(), Probes: c.probes.Load(), ProbeFailures: c.probeFailures.Load(),
 		BadData: c.badData.Load(), Duplicates: c.duplicates.Load(),

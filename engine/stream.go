@@ -81,7 +81,7 @@ const (
 	preallocMax = 64 << 20
 )
 
-func newStream(d *Disk, f *diskio.File, depth int, hint int64) *stream {
+func newStream(d *Disk, f *diskio.File, depth int, hint int64, spares int) *stream {
 	a := int64(max(f.Alignment().Offset, 1))
 	s := &stream{
 		d:        d,
@@ -89,7 +89,7 @@ func newStream(d *Disk, f *diskio.File, depth int, hint int64) *stream {
 		align:    a,
 		bufBytes: d.bufBytes,
 		depth:    int32(depth),
-		maxSpare: d.cfg.SpareBuffers,
+		maxSpare: spares,
 		tail:     make([]byte, a),
 		wake:     make(chan struct{}, 1),
 		hint:     hint,
@@ -181,12 +181,7 @@ func (s *stream) waitBuf(ctx context.Context) (*mem.Buf, error) {
 // spares). A writer that must not wait under a lock asks first and, when
 // the answer is no, waits for a buffer outside the lock (waitSpare).
 func (s *stream) canTake(n int) bool {
-	avail := len(s.spares) * s.bufBytes
-	if s.cur != nil {
-		avail += s.bufBytes - s.curLen
-	} else {
-		avail -= s.tailLen
-	}
+	avail := s.heldRoom()
 	for avail < n {
 		b := s.d.share.TryGet()
 		if b == nil {
@@ -198,9 +193,45 @@ func (s *stream) canTake(n int) bool {
 	return true
 }
 
+// heldRoom is the room in the buffers the stream holds.
+func (s *stream) heldRoom() int {
+	avail := len(s.spares) * s.bufBytes
+	if s.cur != nil {
+		avail += s.bufBytes - s.curLen
+	} else {
+		avail -= s.tailLen
+	}
+	return avail
+}
+
+// canTakeHeld reports whether n more bytes fit in the buffers held.
+func (s *stream) canTakeHeld(n int) bool { return s.heldRoom() >= n }
+
 func (s *stream) addSpare(b *mem.Buf) {
 	s.spares = append(s.spares, b)
 	s.spareCount.Store(int32(len(s.spares)))
+}
+
+// trimSpares gives back spare buffers beyond maxSpare: buffers taken for
+// one append (canTake) must not linger in a partition that does not need
+// them, when a thousand partitions share the memory.
+func (s *stream) trimSpares() {
+	for len(s.spares) > s.maxSpare {
+		n := len(s.spares) - 1
+		s.spares[n].Release()
+		s.spares[n] = nil
+		s.spares = s.spares[:n]
+	}
+	s.spareCount.Store(int32(len(s.spares)))
+}
+
+// noteFill tells the disk's flusher that a buffer has filled past the
+// early-flush threshold while the disk may be idle.
+func (s *stream) noteFill(before int) {
+	min := s.bufBytes / idleFlushFraction
+	if before < min && s.curLen >= min {
+		s.d.noteIdle()
+	}
 }
 
 // waitShare waits for a buffer of the disk's share, asking the flusher for
@@ -344,13 +375,19 @@ func (s *stream) commitReserved() error {
 		err := s.submitCur()
 		s.cur, s.curBase, s.curLen, s.carried = next, base, n-room, 0
 		s.held.Store(int64(s.curLen))
+		s.trimSpares()
 		return err
 	}
+	before := s.curLen
 	s.curLen += n
 	s.held.Store(int64(s.curLen))
 	if s.curLen == s.bufBytes {
-		return s.submitCur()
+		err := s.submitCur()
+		s.trimSpares()
+		return err
 	}
+	s.noteFill(before)
+	s.trimSpares()
 	return nil
 }
 
@@ -388,6 +425,7 @@ func (s *stream) appendBytes(ctx context.Context, p []byte) error {
 			}
 		}
 	}
+	s.trimSpares()
 	return nil
 }
 
@@ -463,6 +501,16 @@ func (s *stream) submitWrite(buf *mem.Buf, data []byte, off, end int64) error {
 // preallocate makes sure the file is preallocated up to at least end.
 func (s *stream) preallocate(end int64) error {
 	if end <= s.allocated || s.noPrealloc {
+		return nil
+	}
+	if s.allocated > 0 && s.inflight.Load() > 0 {
+		// fallocate(2) on ext4 first waits for every O_DIRECT write in
+		// flight on the file (inode_dio_wait), and the caller may hold a
+		// partition lock others wait for, with hundreds of writes queued
+		// ahead: this write extends the file instead (ext4 serializes
+		// extending writes of one file, not of the disk), and the next step
+		// is preallocated once the stream's writes have drained.
+		s.d.stats.extendingWrites.Add(1)
 		return nil
 	}
 	target := end

@@ -101,8 +101,13 @@ type EngineResult struct {
 	// under the push load: the group commit as producers see it.
 	CommitP50Ms float64 `json:"commit_p50_ms"`
 	CommitP99Ms float64 `json:"commit_p99_ms"`
-	// Merge buffers written out early under memory pressure.
-	PressureFlushes int64 `json:"pressure_flushes"`
+	// What the reduce phase's disk saw: writers waiting for memory, merge
+	// buffers written out early under memory pressure or for an idle disk,
+	// writes past the preallocated range.
+	BufferWaits     int64 `json:"reduce_buffer_waits"`
+	PressureFlushes int64 `json:"reduce_pressure_flushes"`
+	IdleFlushes     int64 `json:"reduce_idle_flushes"`
+	ExtendingWrites int64 `json:"reduce_extending_writes"`
 	// Where the reduce phase's time went: pushing and committing, then
 	// finalizing.
 	ReducePushSecs     float64 `json:"reduce_push_s"`
@@ -407,7 +412,7 @@ func (c *EngineConfig) reducePhase(ctx context.Context, res *EngineResult) (err 
 	res.ReduceWriteMiBs = float64(res.ReduceFileBytes) / (1 << 20) / elapsed.Seconds()
 	res.CommitP50Ms, res.CommitP99Ms = Percentile(commits, 50), Percentile(commits, 99)
 	st := s.Stats().Disks[0]
-	res.PressureFlushes = st.PressureFlush
+	res.BufferWaits, res.PressureFlushes, res.IdleFlushes, res.ExtendingWrites = st.BufferWaits, st.PressureFlush, st.IdleFlush, st.ExtendingWrites
 	return nil
 }
 
