@@ -1,0 +1,197 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/sluice-shuffle/sluice/netsvc/transport"
+	"github.com/sluice-shuffle/sluice/netsvc/wire"
+	"github.com/sluice-shuffle/sluice/netsvc/worktest"
+)
+
+func TestMain(m *testing.M) {
+	worktest.RunChild()
+	os.Exit(m.Run())
+}
+
+// testData returns n deterministic bytes for the given coordinates.
+func testData(n int, seed ...uint32) []byte {
+	x := uint64(0x9e3779b97f4a7c15)
+	for _, s := range seed {
+		x = (x ^ uint64(s)) * 0xbf58476d1ce4e5b9
+		x ^= x >> 31
+	}
+	b := make([]byte, n+8)
+	for i := 0; i < n; i += 8 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(b[i:], x)
+	}
+	return b[:n]
+}
+
+// frameOf builds a WRITE_DATA frame (headroom + stored buffer, codec none)
+// whose payload is one record of data.
+func bufferFrame(sub uint32, data []byte) []byte {
+	payload := wire.AppendRecord(nil, data)
+	frame := make([]byte, wire.HeaderSize+wire.BufferHeaderSize+len(payload))
+	copy(frame[wire.HeaderSize+wire.BufferHeaderSize:], payload)
+	h := wire.BufferHeader{Subpartition: sub, Codec: wire.CodecNone, PayloadLength: uint32(len(payload)),
+		UncompressedLength: uint32(len(payload)), PayloadCRC: wire.Checksum(payload)}
+	if err := wire.PutBufferHeader(frame[wire.HeaderSize:], &h); err != nil {
+		panic(err)
+	}
+	return frame
+}
+
+// segmentFrame builds a PUSH_DATA frame holding one record.
+func segmentFrame(mapIndex, attempt, seq uint32, data []byte) []byte {
+	payload := wire.AppendRecord(nil, data)
+	frame := make([]byte, wire.HeaderSize+wire.SegmentHeaderSize+len(payload))
+	copy(frame[wire.HeaderSize+wire.SegmentHeaderSize:], payload)
+	h := wire.SegmentHeader{Map: mapIndex, Attempt: attempt, Seq: seq, Codec: wire.CodecNone, PayloadLength: uint32(len(payload)),
+		UncompressedLength: uint32(len(payload)), PayloadCRC: wire.Checksum(payload)}
+	if err := wire.PutSegmentHeader(frame[wire.HeaderSize:], &h); err != nil {
+		panic(err)
+	}
+	return frame
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func dial(t testing.TB, addr string) *transport.Conn {
+	t.Helper()
+	c, err := transport.Dial(ctxT(t), addr, transport.Config{ClientID: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// mapSpec is a MapPartition written by writeMap: per subpartition, the
+// records of each buffer.
+type mapSpec struct {
+	job, ds      string
+	mapIndex, at uint32
+	subs         uint32
+	buffers      int // per subpartition
+	size         int // record size
+}
+
+// writeMap writes and commits a MapPartition with one region.
+func writeMap(t testing.TB, c *transport.Conn, s mapSpec) *wire.WriteCommitted {
+	t.Helper()
+	ctx := ctxT(t)
+	w, err := transport.OpenWrite(ctx, c, &wire.WriteOpen{Map: s.mapIndex, Attempt: s.at, Subpartitions: s.subs, Codec: wire.CodecNone,
+		MaxBufferBytes: uint32(wire.BufferHeaderSize + s.size + 8), Job: []byte(s.job), Dataset: []byte(s.ds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.StartRegion(wire.RegionStart{Region: 0}); err != nil {
+		t.Fatal(err)
+	}
+	var totals wire.WriteTotals
+	var rf wire.RegionFinish
+	for sub := range s.subs {
+		for i := range s.buffers {
+			f := bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(i)))
+			stored := f[wire.HeaderSize:]
+			totals.Add(stored, len(stored))
+			rf.Buffers++
+			rf.StoredBytes += uint64(len(stored))
+			if err := w.Write(ctx, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := w.FinishRegion(rf); err != nil {
+		t.Fatal(err)
+	}
+	totals.Regions = 1
+	wc, err := w.Finish(ctx, totals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wc
+}
+
+// readAll reads a channel to its end and returns the stored bytes.
+func readAll(ctx context.Context, r *transport.ReadChannel) ([]byte, error) {
+	var out []byte
+	for {
+		f, err := r.Next(ctx)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, f.Stored...)
+		r.Release(f)
+	}
+}
+
+// checkMapRead checks the stored bytes read for subpartitions [lo, hi).
+func checkMapRead(s mapSpec, lo, hi uint32, got []byte) error {
+	var want []byte
+	for sub := lo; sub < hi; sub++ {
+		for i := range s.buffers {
+			want = append(want, bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(i)))[wire.HeaderSize:]...)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		return fmt.Errorf("read %d bytes for [%d, %d), want %d (equal prefix %d)", len(got), lo, hi, len(want), commonPrefix(got, want))
+	}
+	return nil
+}
+
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+func openMapRead(t testing.TB, c *transport.Conn, s mapSpec, lo, hi uint32, window uint64) *transport.ReadChannel {
+	t.Helper()
+	r, err := transport.OpenRead(ctxT(t), c, wire.ReadOpen{Kind: wire.PartitionMap, Index: s.mapIndex, Attempt: s.at,
+		SubStart: lo, SubEnd: hi, Job: []byte(s.job), Dataset: []byte(s.ds)}, window, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func remoteCode(err error) wire.Code {
+	var re *transport.RemoteError
+	if errors.As(err, &re) {
+		return re.Code
+	}
+	return 0
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
