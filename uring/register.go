@@ -68,19 +68,29 @@ func (r *Ring) RegisterFiles(fds []int32) error {
 	return nil
 }
 
-// filesUpdate is struct io_uring_files_update.
+// filesUpdate is struct io_uring_files_update. The kernel declares fds as
+// an __aligned_u64; it is an unsafe.Pointer here so that the Go runtime
+// sees it: a table on the caller's stack moves when the stack grows, and
+// only pointer words are updated with the move (a uint64 holding the
+// address would send the kernel to the abandoned stack). It is an array
+// so that the field is 8 bytes on 32-bit platforms too, where the second
+// word stays zero (the high half of the little-endian u64).
 type filesUpdate struct {
 	offset uint32
 	resv   uint32
-	fds    uint64
+	fds    [8 / unsafe.Sizeof(uintptr(0))]unsafe.Pointer
 }
+
+// struct io_uring_files_update is 16 bytes.
+const _ = uint(16-unsafe.Sizeof(filesUpdate{})) + uint(unsafe.Sizeof(filesUpdate{})-16)
 
 // UpdateFiles replaces table entries starting at off (-1 empties a slot).
 func (r *Ring) UpdateFiles(off uint32, fds []int32) error {
 	if len(fds) == 0 {
 		return nil
 	}
-	u := filesUpdate{offset: off, fds: uint64(uintptr(unsafe.Pointer(&fds[0])))}
+	u := filesUpdate{offset: off}
+	u.fds[0] = unsafe.Pointer(&fds[0])
 	// IORING_REGISTER_FILES_UPDATE returns the number of entries updated;
 	// register only reports the errno.
 	if err := r.register(registerFilesUpdate, unsafe.Pointer(&u), len(fds)); err != nil {
