@@ -25,6 +25,8 @@ type readBuf struct {
 	filled atomic.Uint32
 	n      int   // bytes the read transferred
 	err    error // the read's error, or nil
+	want   int   // bytes the read asked for
+	rd     *read // the read in flight, while it is (guarded by Scheduler.mu)
 
 	buf *mem.Buf
 	off int64 // file offset of the buffer's first byte

@@ -7,16 +7,15 @@ import (
 	"io"
 	"sync"
 
+	"github.com/sluice-shuffle/sluice/engine"
 	"github.com/sluice-shuffle/sluice/engine/diskio"
 )
 
-// Extent is a byte range of an open file that a reader wants. A reader's
-// extents are served in the order given, each one's bytes in order.
-type Extent struct {
-	File   *diskio.File
-	Offset int64
-	Length int64
-}
+// Extent is a byte range of an open file that a reader wants: the
+// engine's extent, as its partition readers resolve them (Region is not
+// used here). A reader's extents are served in the order given, each one's
+// bytes in order.
+type Extent = engine.Extent
 
 // VerifyFunc checks a chunk's bytes before the reader hands it out. It is
 // called once per chunk, in order, on the goroutine that calls Poll or Next,
@@ -280,6 +279,16 @@ func (s *Scheduler) activateLocked(r *Reader, inLoop bool) bool {
 		if s.cache != nil {
 			bb := int64(s.bufBytes)
 			slot := off / bb
+			if rb := s.inflightSlot(fi, slot); rb != nil {
+				// The slot is being read: the chunk joins that read.
+				stop := min(end, rb.off+int64(rb.want))
+				s.stats.InflightJoins++
+				s.stats.DeliveredBytes += stop - off
+				rb.ref()
+				r.push(rb, off-rb.off, stop-rb.off)
+				rb.rd.readers = append(rb.rd.readers, r) // notified when it completes
+				continue
+			}
 			if ent, ok := s.cache.get(fi.khash, slot); ok {
 				stop := min(end, slot*bb+bb, slot*bb+int64(ent.n))
 				if stop > off {

@@ -111,8 +111,10 @@ type Stats struct {
 	// read's issue.
 	MaxWait time.Duration
 	// CacheHits and CacheMisses count read-ahead slot lookups;
-	// CacheHitBytes are the bytes served from hits.
+	// CacheHitBytes are the bytes served from hits. InflightJoins are
+	// pieces that found their slot being read and joined that read.
 	CacheHits, CacheMisses, CacheHitBytes int64
+	InflightJoins                         int64
 	Index                                 IndexCacheStats
 	// BuffersInUse is the share's count: in flight, queued to readers,
 	// held by consumers, and cached.
@@ -158,12 +160,15 @@ type Scheduler struct {
 	free      []*read
 	inflight  int
 	stash     []*mem.Buf
-	bufs      []*readBuf        // by pool buffer index
-	toNotify  []*Reader         // owned by loop
-	batch     []*diskio.Request // owned by loop
-	trace     []TraceRead
-	stats     Stats
-	runBuf    []piece
+	bufs      []*readBuf // by pool buffer index
+	// inflightSlots maps the slots being read (read-ahead mode) to their
+	// buffers, so that a piece needing one joins its read.
+	inflightSlots map[uint64]*readBuf
+	toNotify      []*Reader         // owned by loop
+	batch         []*diskio.Request // owned by loop
+	trace         []TraceRead
+	stats         Stats
+	runBuf        []piece
 }
 
 type job struct {
@@ -284,6 +289,7 @@ func New(cfg Config) (*Scheduler, error) {
 		if s.cache, err = newSlotCache(cfg.CacheBytes, bufBytes); err != nil {
 			return nil, err
 		}
+		s.inflightSlots = make(map[uint64]*readBuf)
 	}
 	if cfg.IndexCacheBytes > 0 {
 		if s.index, err = NewIndexCache(cfg.IndexCacheBytes); err != nil {

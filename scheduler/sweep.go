@@ -217,6 +217,17 @@ func (s *Scheduler) sweepPick(capBytes int64) (*fileInfo, int) {
 	return nil, 0
 }
 
+// slotReady reports whether the slot where it starts is in flight or
+// cached.
+func (s *Scheduler) slotReady(it *item) bool {
+	slot := it.off / int64(s.bufBytes)
+	if s.inflightSlot(it.fi, slot) != nil {
+		return true
+	}
+	e, ok := s.cache.c.Get(slotKey(it.fi.khash, slot))
+	return ok && e.file == it.fi.khash && e.slot == slot
+}
+
 // agingBatch is how many reads the sweep makes after jumping to an aged
 // piece before it looks at ages again (mq-deadline's fifo_batch): when the
 // whole backlog is older than the deadline, checking at every read would
@@ -232,21 +243,36 @@ const agingBatch = 16
 func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 	var fi *fileInfo
 	var idx int
-	var aged *item
-	if s.sinceAged >= agingBatch {
-		aged = s.agedPick(now, capBytes)
-	}
-	s.sinceAged++
-	if aged != nil {
-		fi = aged.fi
-		idx = fi.q.find(aged)
-		s.stats.AgedReads++
-		s.sinceAged = 1
-	} else {
-		fi, idx = s.sweepPick(capBytes)
-		if fi == nil {
+	for tries := 0; ; tries++ {
+		var aged *item
+		if s.sinceAged >= agingBatch {
+			aged = s.agedPick(now, capBytes)
+		}
+		if aged != nil {
+			fi = aged.fi
+			idx = fi.q.find(aged)
+		} else if fi, idx = s.sweepPick(capBytes); fi == nil {
 			return false
 		}
+		first := fi.q.items[idx]
+		if tries < 64 && s.slotMode && s.slotReady(first) {
+			// The first slot was read (or is being read) since the piece
+			// became pending: take it from there rather than read it again.
+			fi.q.removeAt(idx)
+			s.unlistIfEmpty(fi)
+			s.dequeued(first)
+			s.activateLocked(first.r, true)
+			if s.pending == 0 {
+				return false
+			}
+			continue
+		}
+		s.sinceAged++
+		if aged != nil {
+			s.stats.AgedReads++
+			s.sinceAged = 1
+		}
+		break
 	}
 	q := &fi.q
 	first := q.items[idx]
@@ -318,6 +344,10 @@ func (s *Scheduler) issue(fi *fileInfo, start, limit, claimedEnd int64) {
 		n := min(bb, end-off)
 		rb := s.bufFor(b)
 		rb.reset(b, fi, off)
+		rb.want, rb.rd = int(n), rd
+		if s.inflightSlots != nil {
+			s.inflightSlots[slotKey(fi.khash, off/bb)] = rb
+		}
 		req := &rd.reqs[k]
 		*req = diskio.Request{Op: diskio.OpRead, File: fi.f, Buf: b.Bytes()[:n], Off: off, Done: s.done, Tag: uint64(rd.id)<<32 | uint64(k)}
 		rd.ptrs = append(rd.ptrs, req)
@@ -353,6 +383,18 @@ func (s *Scheduler) issue(fi *fileInfo, start, limit, claimedEnd int64) {
 		s.runBuf[i] = piece{}
 	}
 	s.runBuf = s.runBuf[:0]
+}
+
+// inflightSlot returns the buffer reading slot of fi, or nil.
+func (s *Scheduler) inflightSlot(fi *fileInfo, slot int64) *readBuf {
+	if s.inflightSlots == nil {
+		return nil
+	}
+	rb := s.inflightSlots[slotKey(fi.khash, slot)]
+	if rb == nil || rb.fi != fi || rb.off != slot*int64(s.bufBytes) {
+		return nil
+	}
+	return rb
 }
 
 // bufFor returns the readBuf of a pool buffer.
@@ -396,6 +438,15 @@ func (s *Scheduler) complete(req *diskio.Request) {
 		return
 	}
 	s.toNotify = append(s.toNotify, rd.readers...)
+	if s.inflightSlots != nil {
+		bb := int64(s.bufBytes)
+		for _, rb := range rd.bufs {
+			k := slotKey(rd.fi.khash, rb.off/bb)
+			if s.inflightSlots[k] == rb {
+				delete(s.inflightSlots, k)
+			}
+		}
+	}
 	if s.cache != nil && !s.closed {
 		// Read-ahead: the slots past the last byte a reader asked for are
 		// kept for readers yet to come.
@@ -408,6 +459,7 @@ func (s *Scheduler) complete(req *diskio.Request) {
 		}
 	}
 	for i, rb := range rd.bufs {
+		rb.rd = nil
 		rb.release()
 		rd.bufs[i] = nil
 	}

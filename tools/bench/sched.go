@@ -1,12 +1,16 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +34,8 @@ type SchedConfig struct {
 	CreditBytes   int64 // credit window of every reader
 	Window        int   // staggered: consumers reading at once
 	Drainers      int   // goroutines playing the network server
+	CacheBytes    int64 // read-ahead budget (scheduler.Config.CacheBytes; 0: its default)
+	NoVerify      bool  // skip the buffer CRC checks the network server makes
 	Backend       string
 	Log           *slog.Logger
 }
@@ -104,17 +110,26 @@ func SchedRuns(ctx context.Context, cfg SchedConfig, runs int, withFio bool, eac
 	if cfg.Files <= 0 || cfg.Subpartitions <= 0 || cfg.Regions <= 0 || cfg.BufferBytes <= 0 || cfg.Depth <= 0 || cfg.CreditBytes <= 0 || cfg.Window <= 0 || cfg.Drainers <= 0 {
 		return rep, fmt.Errorf("bench sched: every count and size must be positive: %+v", cfg)
 	}
-	ds, err := prepareSched(cfg)
+	ds, err := prepareSched(ctx, cfg)
 	if err != nil {
 		return rep, err
 	}
 	rep.Bytes = ds.dataBytes
 	d, err := openSchedDisk(cfg, ds)
 	if err != nil {
-		return rep, err
+		return rep, errors.Join(err, ds.close())
 	}
 	defer func() { err = errors.Join(err, d.close()) }()
 	rep.Backend = d.io.Info().Backend
+	inflight := cfg.Depth * max(cfg.MaxReadBytes/cfg.BufferBytes, 1)
+	fioPath := filepath.Join(cfg.Dir, "sluice-bench-sched-fio.data")
+	if withFio {
+		// fio reads a file laid out once beside the dataset, like the
+		// dataset: whatever caches lie below the guest treat both alike.
+		if err := layOutFioFile(ctx, fioPath, ds.dataBytes); err != nil {
+			return rep, err
+		}
+	}
 
 	cases := []struct {
 		policy    scheduler.Policy
@@ -129,6 +144,26 @@ func SchedRuns(ctx context.Context, cfg SchedConfig, runs int, withFio bool, eac
 	results := make([][]SchedRun, len(cases))
 	var fio, vsFio []float64
 	for i := 0; i < max(runs, 1); i++ {
+		// fio runs right beside the elevator's all-consumers case, first in
+		// odd runs and second in even ones: neighbours share the machine's
+		// mood, and the ratio is taken per pair.
+		var f float64
+		fioRun := func() error {
+			if !withFio {
+				return nil
+			}
+			bw, err := fioReadOnly(ctx, fioPath, ds.dataBytes, cfg.BufferBytes, inflight)
+			if err != nil {
+				return err
+			}
+			f = bw / (1 << 20)
+			return nil
+		}
+		if i%2 == 0 {
+			if err := fioRun(); err != nil {
+				return rep, err
+			}
+		}
 		for k, c := range cases {
 			r, err := d.run(ctx, c.policy, c.staggered, c.readAhead)
 			if err != nil {
@@ -138,17 +173,17 @@ func SchedRuns(ctx context.Context, cfg SchedConfig, runs int, withFio bool, eac
 			if each != nil {
 				each(i+1, r)
 			}
+			if k == 0 && i%2 == 1 {
+				if err := fioRun(); err != nil {
+					return rep, err
+				}
+			}
 		}
 		if withFio {
-			inflight := cfg.Depth * max(cfg.MaxReadBytes/cfg.BufferBytes, 1)
-			f, err := Fio(ctx, cfg.Dir, ds.dataBytes, cfg.BufferBytes, inflight)
-			if err != nil {
-				return rep, err
-			}
-			fio = append(fio, f.ReadMiBs)
-			vsFio = append(vsFio, results[0][i].MiBs/f.ReadMiBs)
+			fio = append(fio, f)
+			vsFio = append(vsFio, results[0][i].MiBs/f)
 			if each != nil {
-				each(i+1, SchedRun{Policy: "fio", Bytes: ds.dataBytes, MiBs: f.ReadMiBs})
+				each(i+1, SchedRun{Policy: "fio", Bytes: ds.dataBytes, MiBs: f})
 			}
 		}
 	}
@@ -184,49 +219,26 @@ func SchedRuns(ctx context.Context, cfg SchedConfig, runs int, withFio bool, eac
 	return rep, nil
 }
 
-// schedDisk is the dataset opened through one IO, with the pool the
+// schedDisk is the dataset on its engine disk, with the share the
 // schedulers read into.
 type schedDisk struct {
 	cfg   SchedConfig
 	ds    *schedDataset
 	io    diskio.IO
-	pool  *mem.Pool
 	share *mem.Share
 	files []*diskio.File
 }
 
 func openSchedDisk(cfg SchedConfig, ds *schedDataset) (*schedDisk, error) {
-	inflight := cfg.Depth * max(cfg.MaxReadBytes/cfg.BufferBytes, 1)
-	dio, err := diskio.New(diskio.Config{Backend: cfg.Backend, Dir: cfg.Dir, Depth: min(max(inflight, diskio.DefaultDepth), 4096), Log: cfg.Log})
-	if err != nil {
-		return nil, err
-	}
 	buffers := int(max(cfg.BudgetBytes/int64(cfg.BufferBytes), 4))
-	pool, err := mem.New(mem.Config{BufferBytes: cfg.BufferBytes, Buffers: buffers})
-	if err != nil {
-		return nil, errors.Join(err, dio.Close())
-	}
-	d := &schedDisk{cfg: cfg, ds: ds, io: dio, pool: pool, share: pool.NewShare("read", buffers)}
-	if _, err := dio.RegisterMemory(pool.Memory(), cfg.BufferBytes); err != nil && cfg.Log != nil {
-		cfg.Log.Warn("bench sched: buffers not registered", "err", err)
-	}
-	for _, p := range ds.paths {
-		f, err := dio.OpenFile(p, os.O_RDONLY, 0)
-		if err != nil {
-			return nil, errors.Join(err, d.close())
-		}
-		d.files = append(d.files, f)
+	d := &schedDisk{cfg: cfg, ds: ds, io: ds.disk.IO(), share: ds.pool.NewShare("read", buffers)}
+	for _, mr := range ds.readers {
+		d.files = append(d.files, mr.File())
 	}
 	return d, nil
 }
 
-func (d *schedDisk) close() error {
-	var err error
-	for _, f := range d.files {
-		err = errors.Join(err, f.Close())
-	}
-	return errors.Join(err, d.io.Close(), d.pool.Close())
-}
+func (d *schedDisk) close() error { return d.ds.close() }
 
 // lastTrace is the trace of the last run, for tests.
 var lastTrace []scheduler.TraceRead
@@ -252,7 +264,9 @@ func (d *schedDisk) run(ctx context.Context, policy scheduler.Policy, staggered,
 		IO: d.io, Buffers: d.share, Policy: policy, MaxReadBytes: cfg.MaxReadBytes,
 		Depth: cfg.Depth, Trace: true,
 	}
-	if !readAhead {
+	if readAhead {
+		sc.CacheBytes = cfg.CacheBytes
+	} else {
 		sc.CacheBytes = -1
 	}
 	if policy == scheduler.FIFO {
@@ -289,17 +303,16 @@ func (d *schedDisk) run(ctx context.Context, policy scheduler.Policy, staggered,
 
 	register := func(c int) error {
 		rs := make([]*benchReader, 0, cfg.Files)
-		for f, file := range d.files {
-			se := d.ds.extents[f][c]
-			exts := make([]scheduler.Extent, len(se))
-			for i, e := range se {
-				exts[i] = scheduler.Extent{File: file, Offset: e.off, Length: e.n}
-			}
+		for f := range d.files {
+			exts := d.ds.extents[f][c] // the engine's extents, as the network server gets them
 			br := &benchReader{consumer: c}
 			ch := ready[(c*cfg.Files+f)%cfg.Drainers]
-			v := scheduler.NewBufferVerifier(exts, uint32(c), uint32(c+1))
+			var verify scheduler.VerifyFunc
+			if !cfg.NoVerify {
+				verify = scheduler.NewBufferVerifier(exts, uint32(c), uint32(c+1)).Verify
+			}
 			r, err := s.Register(scheduler.ReaderConfig{
-				Job: "bench", Extents: exts, Verify: v.Verify,
+				Job: "bench", Extents: exts, Verify: verify,
 				Notify: func() {
 					if !br.queued.Swap(true) {
 						ch <- br
@@ -435,4 +448,41 @@ func (d *schedDisk) run(ctx context.Context, policy scheduler.Policy, staggered,
 	res.CacheHits, res.CacheMiss = st.CacheHits, st.CacheMisses
 	res.AgedReads, res.MaxWaitS = st.AgedReads, st.MaxWait.Seconds()
 	return res, nil
+}
+
+// layOutFioFile writes fio's file of size bytes once (fio, sequential,
+// O_DIRECT, fsynced at the end); an existing file of that size is kept.
+func layOutFioFile(ctx context.Context, path string, size int64) error {
+	if st, err := os.Stat(path); err == nil && st.Size() == size {
+		return nil
+	}
+	_, err := runSchedFio(ctx, "write", path, size, 1<<20, 16, "--end_fsync=1")
+	return err
+}
+
+// fioReadOnly is fio's sequential O_DIRECT read of the file through
+// io_uring, in requests of block bytes with depth of them in flight; it
+// returns bytes/s.
+func fioReadOnly(ctx context.Context, path string, size int64, block, depth int) (float64, error) {
+	return runSchedFio(ctx, "read", path, size, block, depth)
+}
+
+func runSchedFio(ctx context.Context, rw, path string, size int64, block, depth int, extra ...string) (float64, error) {
+	if _, err := exec.LookPath("fio"); err != nil {
+		return 0, fmt.Errorf("bench: fio is not installed (Debian: apt-get install fio): %w", err)
+	}
+	args := append([]string{
+		"--name=sluice-sched-" + rw, "--filename=" + path, "--rw=" + rw,
+		"--direct=1", "--ioengine=io_uring",
+		"--bs=" + strconv.Itoa(block), "--iodepth=" + strconv.Itoa(depth),
+		"--size=" + strconv.FormatInt(size, 10), "--output-format=json",
+	}, extra...)
+	cmd := exec.CommandContext(ctx, "fio", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("bench: fio %s: %w: %s", rw, err, stderr.String())
+	}
+	return fioBandwidth(out, rw)
 }

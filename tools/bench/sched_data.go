@@ -1,221 +1,171 @@
 package bench
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 
+	"github.com/sluice-shuffle/sluice/engine"
+	"github.com/sluice-shuffle/sluice/engine/mem"
 	"github.com/sluice-shuffle/sluice/layout"
 	"github.com/sluice-shuffle/sluice/scheduler"
 )
 
 // schedDataset is the shuffle the scheduler benchmark reads: Files
-// MapPartition files of one dataset, each with Regions regions holding every
-// one of Subpartitions subpartitions, and, per file and consumer, the
-// extents that consumer reads (one per region).
+// MapPartitions of one dataset in a storage engine on Dir, each with Regions
+// regions holding every one of Subpartitions subpartitions, and every
+// consumer's extents of every file, as the engine's partition readers
+// resolve them.
 type schedDataset struct {
-	paths []string
-	sizes []int64
-	// extents[f][c] are consumer c's extents in file f: offsets and
-	// lengths, one per region with data.
-	extents   [][][]schedExtent
+	store   *engine.Store
+	pool    *mem.Pool
+	disk    *engine.Disk
+	readers []*engine.MapReader // by file
+	// extents[f][c] are consumer c's extents in file f, one per region.
+	extents   [][][]engine.Extent
 	dataBytes int64 // sum of all extents
+	written   int   // files written (not reused)
 }
 
-type schedExtent struct {
-	off int64
-	n   int64
+// schedJob is the benchmark's job; the dataset's name carries its shape, so
+// that a store written with another shape is never mistaken for this one.
+const schedJob = "bench"
+
+func schedDatasetName(cfg SchedConfig) string {
+	return fmt.Sprintf("sched-%dx%dx%dx%d", cfg.Files, cfg.Subpartitions, cfg.Regions, cfg.FileBytes)
 }
 
-// SchedPath is the path of the benchmark's i-th file in dir.
-func SchedPath(dir string, i int) string {
-	return filepath.Join(dir, fmt.Sprintf("sluice-bench-sched-%03d.map", i))
-}
+// schedWriteBytes is the engine's write budget in the benchmark's pool.
+const schedWriteBytes = 64 << 20
 
-// prepareSched writes the dataset's files into dir, or reuses files of the
-// same shape already there, and resolves every consumer's extents through
-// the files' indexes, as the engine's partition readers do.
-func prepareSched(cfg SchedConfig) (*schedDataset, error) {
-	ds := &schedDataset{}
+// prepareSched opens a storage engine on cfg.Dir (one disk), writes the
+// dataset's MapPartitions through it unless an earlier run left them there
+// (the engine recovers committed partitions when it opens), and resolves
+// every consumer's extents through the partitions' indexes, reading index
+// blocks through an index cache as the worker does. The pool it makes holds
+// the engine's write buffers and the scheduler's read budget.
+func prepareSched(ctx context.Context, cfg SchedConfig) (_ *schedDataset, err error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	buffers := int((cfg.BudgetBytes + schedWriteBytes) / int64(cfg.BufferBytes))
+	pool, err := mem.New(mem.Config{BufferBytes: cfg.BufferBytes, Buffers: buffers})
+	if err != nil {
+		return nil, err
+	}
+	ds := &schedDataset{pool: pool}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, ds.close())
+		}
+	}()
+	ds.store, err = engine.Open(ctx, engine.Config{
+		Dirs: []engine.DirConfig{{Path: cfg.Dir}}, Backend: cfg.Backend,
+		Depth: min(max(cfg.Depth*max(cfg.MaxReadBytes/cfg.BufferBytes, 1), 32), 4096),
+		Pool:  pool, WriteBytesPerDisk: schedWriteBytes,
+		// No health probes writing beside the measurement.
+		HealthInterval: -1, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ds.disk = ds.store.Disks()[0]
 	ic, err := scheduler.NewIndexCache(16 << 20)
 	if err != nil {
 		return nil, err
 	}
 	defer ic.Close()
+	name := schedDatasetName(cfg)
 	for i := range cfg.Files {
-		path := SchedPath(cfg.Dir, i)
-		m, size, err := openSchedFile(path, ic, cfg)
-		if err != nil {
-			if cfg.Log != nil && !errors.Is(err, os.ErrNotExist) {
-				cfg.Log.Info("bench sched: rewriting a file of another shape", "path", path, "reason", err)
-			}
-			if err := writeSchedFile(path, i, cfg); err != nil {
+		mr, err := ds.store.OpenMap(schedJob, name, uint32(i), 0)
+		if errors.Is(err, engine.ErrNotFound) {
+			if err := writeSchedMap(ctx, ds.store, name, i, cfg); err != nil {
 				return nil, err
 			}
-			if m, size, err = openSchedFile(path, ic, cfg); err != nil {
-				return nil, err
-			}
+			ds.written++
+			mr, err = ds.store.OpenMap(schedJob, name, uint32(i), 0)
 		}
-		exts, n, err := resolveSched(path, m, size, ic, cfg.Subpartitions)
 		if err != nil {
 			return nil, err
 		}
-		ds.paths = append(ds.paths, path)
-		ds.sizes = append(ds.sizes, size)
+		ds.readers = append(ds.readers, mr)
+		key, _, err := scheduler.KeyOf(mr.File())
+		if err != nil {
+			return nil, err
+		}
+		mr.UseIndexReader(ic.ReaderAt(key, mr.ReaderAt()))
+		exts := make([][]engine.Extent, cfg.Subpartitions)
+		for c := range cfg.Subpartitions {
+			if exts[c], err = mr.Extents(uint32(c), uint32(c+1), nil); err != nil {
+				return nil, err
+			}
+			for _, e := range exts[c] {
+				ds.dataBytes += e.Length
+			}
+		}
 		ds.extents = append(ds.extents, exts)
-		ds.dataBytes += n
+	}
+	if ds.written > 0 {
+		log.Info("bench sched: wrote the dataset through the engine", "dir", cfg.Dir, "files", ds.written, "index", ic.Stats())
 	}
 	return ds, nil
 }
 
-type indexedFile struct {
-	m    *layout.MapPartition
-	size int64
+func (ds *schedDataset) close() error {
+	var err error
+	for _, mr := range ds.readers {
+		err = errors.Join(err, mr.Close())
+	}
+	if ds.store != nil {
+		err = errors.Join(err, ds.store.Close())
+	}
+	return errors.Join(err, ds.pool.Close())
 }
 
-// openSchedFile opens a file and checks it has the benchmark's shape.
-func openSchedFile(path string, ic *scheduler.IndexCache, cfg SchedConfig) (*indexedFile, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	m, err := layout.OpenMapPartition(f, st.Size())
-	if err != nil {
-		return nil, 0, err
-	}
-	want := int64(cfg.FileBytes) * 9 / 10
-	switch {
-	case m.Header.SubpartitionCount != uint32(cfg.Subpartitions):
-		return nil, 0, fmt.Errorf("%d subpartitions, want %d", m.Header.SubpartitionCount, cfg.Subpartitions)
-	case m.Regions() != cfg.Regions:
-		return nil, 0, fmt.Errorf("%d regions, want %d", m.Regions(), cfg.Regions)
-	case int64(m.Footer.DataBytes) < want || int64(m.Footer.DataBytes) > cfg.FileBytes*11/10:
-		return nil, 0, fmt.Errorf("%d data bytes, want about %d", m.Footer.DataBytes, cfg.FileBytes)
-	}
-	return &indexedFile{m: m, size: st.Size()}, st.Size(), nil
-}
-
-// resolveSched looks up every consumer's extents of one file.
-func resolveSched(path string, xf *indexedFile, size int64, ic *scheduler.IndexCache, subs int) ([][]schedExtent, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	key, _, err := scheduler.KeyOfFd(int(f.Fd()))
-	if err != nil {
-		return nil, 0, err
-	}
-	r := ic.ReaderAt(key, f)
-	out := make([][]schedExtent, subs)
-	var dst []layout.Extent
-	var buf []byte
-	var total int64
-	for c := range subs {
-		dst, buf, err = xf.m.Extents(r, uint32(c), uint32(c+1), dst[:0], buf)
-		if err != nil {
-			return nil, 0, fmt.Errorf("bench sched: %s: extents of subpartition %d: %w", path, c, err)
-		}
-		es := make([]schedExtent, len(dst))
-		for i, e := range dst {
-			es[i] = schedExtent{off: e.Offset, n: e.Length}
-			total += e.Length
-		}
-		out[c] = es
-	}
-	return out, total, nil
-}
-
-// writeSchedFile writes one producer's MapPartition: cfg.Regions regions,
-// each with one buffer per subpartition of a random size around the mean
-// (half to one and a half times), random payloads with their CRCs.
-func writeSchedFile(path string, mapIndex int, cfg SchedConfig) (err error) {
-	h := &layout.MapHeader{Job: []byte("bench"), Dataset: []byte("sched"), MapIndex: uint32(mapIndex), SubpartitionCount: uint32(cfg.Subpartitions)}
-	b, err := layout.NewMapBuilder(h)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, f.Close(), os.Remove(tmp))
-		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
-	rng := rand.New(rand.NewPCG(uint64(mapIndex), 7))
-	noise := make([]byte, 1<<20)
-	fillPattern(noise)
+// writeSchedMap writes one producer's MapPartition through the engine:
+// cfg.Regions regions, each with one buffer per subpartition of a random
+// size around the mean (half to one and a half times), random payloads with
+// their CRCs.
+func writeSchedMap(ctx context.Context, store *engine.Store, dataset string, mapIndex int, cfg SchedConfig) error {
 	mean := cfg.FileBytes/int64(cfg.Regions*cfg.Subpartitions) - layout.BufferHeaderSize
-	if mean < 2 {
-		return fmt.Errorf("bench sched: %d bytes per file is too little for %d regions of %d subpartitions", cfg.FileBytes, cfg.Regions, cfg.Subpartitions)
+	if mean < 2 || mean > layout.MaxPayloadSize/2 {
+		return fmt.Errorf("bench sched: %d bytes per file make buffers of %d bytes for %d regions of %d subpartitions", cfg.FileBytes, mean, cfg.Regions, cfg.Subpartitions)
 	}
-	scratch, err := b.AppendHeader(nil)
+	w, err := store.CreateMap(ctx, engine.MapSpec{Job: schedJob, Dataset: dataset, Map: uint32(mapIndex),
+		Subpartitions: uint32(cfg.Subpartitions), SizeHint: cfg.FileBytes + cfg.FileBytes/16})
 	if err != nil {
 		return err
 	}
-	if _, err := w.Write(scratch); err != nil {
-		return err
-	}
-	var hdr [layout.BufferHeaderSize]byte
+	rng := rand.New(rand.NewPCG(uint64(mapIndex), 7))
+	noise := make([]byte, 1<<20+mean*3/2)
+	fillPattern(noise)
+	stored := make([]byte, 0, layout.BufferHeaderSize+mean*3/2+1)
 	for range cfg.Regions {
-		if err := b.StartRegion(false); err != nil {
-			return err
+		if err := w.StartRegion(false); err != nil {
+			return errors.Join(err, w.Abort())
 		}
 		for sub := range cfg.Subpartitions {
 			n := mean/2 + rng.Int64N(mean+1)
-			n = min(n, int64(len(noise)))
-			at := rng.IntN(len(noise) - int(n) + 1)
+			at := rng.IntN(1 << 20)
 			payload := noise[at : at+int(n)]
-			bh := layout.BufferHeader{Subpartition: uint32(sub), Codec: layout.CodecNone, PayloadLength: uint32(n), UncompressedLength: uint32(n), PayloadCRC: layout.Checksum(payload)}
-			if scratch, err = b.AddBuffer(scratch[:0], &bh); err != nil {
-				return err
+			h := layout.BufferHeader{Subpartition: uint32(sub), Codec: layout.CodecNone, PayloadLength: uint32(n),
+				UncompressedLength: uint32(n), PayloadCRC: layout.Checksum(payload)}
+			stored = stored[:layout.BufferHeaderSize]
+			if err := layout.PutBufferHeader(stored, &h); err != nil {
+				return errors.Join(err, w.Abort())
 			}
-			if err := layout.PutBufferHeader(hdr[:], &bh); err != nil {
-				return err
-			}
-			if _, err := w.Write(scratch); err != nil {
-				return err
-			}
-			if _, err := w.Write(hdr[:]); err != nil {
-				return err
-			}
-			if _, err := w.Write(payload); err != nil {
-				return err
+			if err := w.Write(ctx, append(stored, payload...)); err != nil {
+				return errors.Join(err, w.Abort())
 			}
 		}
-		if scratch, err = b.FinishRegion(scratch[:0]); err != nil {
-			return err
-		}
-		if _, err := w.Write(scratch); err != nil {
-			return err
+		if err := w.FinishRegion(); err != nil {
+			return errors.Join(err, w.Abort())
 		}
 	}
-	if scratch, _, err = b.Finish(scratch[:0]); err != nil {
-		return err
-	}
-	if _, err := w.Write(scratch); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	_, err = w.Finish(ctx)
+	return err
 }

@@ -37,7 +37,21 @@ func TestSchedProfile(t *testing.T) {
 		t.Skip("SLUICE_SCHED_PROFILE not set")
 	}
 	cfg := DefaultSchedConfig(dir)
-	ds, err := prepareSched(cfg)
+	envInt := func(name string, dst *int) {
+		if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+			*dst = v
+		}
+	}
+	envInt("SLUICE_SCHED_DEPTH", &cfg.Depth)
+	envInt("SLUICE_SCHED_BUF", &cfg.BufferBytes)
+	envInt("SLUICE_SCHED_DRAINERS", &cfg.Drainers)
+	envInt("SLUICE_SCHED_WINDOW", &cfg.Window)
+	envInt("SLUICE_SCHED_MAXREAD", &cfg.MaxReadBytes)
+	if v, err := strconv.ParseInt(os.Getenv("SLUICE_SCHED_CACHE"), 10, 64); err == nil {
+		cfg.CacheBytes = v
+	}
+	cfg.NoVerify = os.Getenv("SLUICE_SCHED_NOVERIFY") != ""
+	ds, err := prepareSched(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

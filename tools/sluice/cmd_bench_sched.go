@@ -22,10 +22,10 @@ func init() {
 func runBenchSched(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bench sched", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	def := bench.DefaultSchedConfig(os.TempDir())
+	def := bench.DefaultSchedConfig("")
 	fileBytes, buffer, budget := config.Bytes(def.FileBytes), config.Bytes(def.BufferBytes), config.Bytes(def.BudgetBytes)
-	maxRead, credit := config.Bytes(def.MaxReadBytes), config.Bytes(def.CreditBytes)
-	dir := fs.String("dir", def.Dir, "directory for the MapPartition files; files of the same shape already there are reused")
+	maxRead, credit, cache := config.Bytes(def.MaxReadBytes), config.Bytes(def.CreditBytes), config.Bytes(def.CacheBytes)
+	dir := fs.String("dir", "", "data directory of the storage engine holding the dataset; a dataset of the same shape already there is reused, and kept (default: a temporary directory, removed at the end)")
 	files := fs.Int("files", def.Files, "MapPartition files (producers)")
 	subs := fs.Int("subpartitions", def.Subpartitions, "subpartitions (consumers)")
 	regions := fs.Int("regions", def.Regions, "regions per file")
@@ -34,19 +34,21 @@ func runBenchSched(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.Var(&budget, "budget", "the scheduler's read-buffer share")
 	fs.Var(&maxRead, "max-read", "largest merged read")
 	fs.Var(&credit, "credit", "credit window of every reader")
+	fs.Var(&cache, "cache", "read-ahead cache budget, part of --budget (0: the scheduler's default, a quarter of it)")
+	noVerify := fs.Bool("no-verify", false, "skip the buffer CRC checks the network server makes on every chunk")
 	depth := fs.Int("depth", def.Depth, "elevator reads in flight (FIFO gets as many requests in flight)")
 	window := fs.Int("window", def.Window, "staggered case: consumers reading at once, in subpartition order")
 	drainers := fs.Int("drainers", def.Drainers, "goroutines playing the network server")
 	backend := fs.String("backend", diskio.BackendAuto, "IO backend: "+strings.Join(diskio.Backends, "|"))
 	runs := fs.Int("runs", 1, "runs of every case; medians are reported")
 	noFio := fs.Bool("no-fio", false, "skip fio's sequential read of the same size")
-	keep := fs.Bool("keep", false, "keep the files written into --dir")
 	asJSON := fs.Bool("json", false, "end the output with one JSON object")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice bench sched [flags]")
-		fmt.Fprintln(stderr, "\nWrites --files MapPartition files of --subpartitions consumers (or reuses them in --dir), then reads")
-		fmt.Fprintln(stderr, "every consumer's extents of every file through the disk read scheduler: with the elevator and with")
-		fmt.Fprintln(stderr, "FIFO, all consumers at once, and staggered (--window consumers at a time) with and without read-ahead.")
+		fmt.Fprintln(stderr, "\nWrites --files MapPartitions of --subpartitions consumers through the storage engine (or reuses")
+		fmt.Fprintln(stderr, "them in --dir), then reads every consumer's extents of every file through the disk read scheduler:")
+		fmt.Fprintln(stderr, "with the elevator and with FIFO, all consumers at once, and staggered (--window consumers at a")
+		fmt.Fprintln(stderr, "time) with and without read-ahead.")
 		fmt.Fprintln(stderr, "Seeks and model times replay each run's reads on a 7200 rpm HDD model. fio reads as many bytes")
 		fmt.Fprintln(stderr, "sequentially in the same directory, in the same run.")
 		fmt.Fprintln(stderr)
@@ -59,10 +61,24 @@ func runBenchSched(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "sluice bench sched: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	if *dir == "" {
+		tmp, err := os.MkdirTemp("", "sluice-bench-sched-")
+		if err != nil {
+			fmt.Fprintf(stderr, "sluice bench sched: %v\n", err)
+			return 1
+		}
+		defer func() {
+			if err := os.RemoveAll(tmp); err != nil {
+				fmt.Fprintf(stderr, "sluice bench sched: %v\n", err)
+			}
+		}()
+		*dir = tmp
+	}
 	cfg := bench.SchedConfig{
 		Dir: *dir, Files: *files, Subpartitions: *subs, Regions: *regions, FileBytes: int64(fileBytes),
 		BufferBytes: int(buffer), BudgetBytes: int64(budget), MaxReadBytes: int(maxRead), Depth: *depth,
 		CreditBytes: int64(credit), Window: *window, Drainers: *drainers, Backend: *backend,
+		CacheBytes: int64(cache), NoVerify: *noVerify,
 		Log: slog.New(slog.NewTextHandler(stderr, nil)),
 	}
 	fmt.Fprintf(stdout, "%-4s %-9s %-10s %-9s %10s %8s %9s %10s %9s %11s %9s\n",
@@ -79,13 +95,6 @@ func runBenchSched(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stdout, "%-4d %-9s %-10s %-9t %10.0f %8d %9d %10d %9.1f %11d %8.3fs\n",
 			run, r.Policy, who, r.ReadAhead, r.MiBs, r.Reads, r.Pieces, r.Seeks, r.ModelS, r.CacheHits, r.MaxWaitS)
 	})
-	if !*keep {
-		for i := 0; i < *files; i++ {
-			if err := os.Remove(bench.SchedPath(*dir, i)); err != nil && !os.IsNotExist(err) {
-				fmt.Fprintf(stderr, "sluice bench sched: %v\n", err)
-			}
-		}
-	}
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice bench sched: %v\n", err)
 		return 1
