@@ -225,6 +225,11 @@ func validate(r *Request) error {
 	if r.File == nil || r.File.fd < 0 {
 		return errors.New("diskio: request without an open file")
 	}
+	if r.File.closed.Load() {
+		// Its descriptor number may already name another file, which the
+		// request would read or write instead.
+		return fmt.Errorf("diskio: %s %s: %w", r.Op, r.File.path, os.ErrClosed)
+	}
 	switch r.Op {
 	case OpSync:
 		return nil

@@ -63,6 +63,7 @@ var conformance = []struct {
 	{"FullRingWaits", testFullRingWaits},
 	{"ShortReadAtEOF", testShortReadAtEOF},
 	{"UnalignedRejected", testUnalignedRejected},
+	{"ClosedFileRejected", testClosedFileRejected},
 	{"FaultsSurface", testFaultsSurface},
 	{"CloseWithIOInFlight", testCloseWithIOInFlight},
 	{"ConcurrentSubmitters", testConcurrentSubmitters},
@@ -320,6 +321,37 @@ func testUnalignedRejected(t *testing.T, b backend) {
 		if len(done) != 0 {
 			t.Errorf("%s: a rejected request was completed", c.name)
 		}
+	}
+}
+
+// testClosedFileRejected: a request on a closed File fails in Submit. The
+// kernel may already have given its descriptor number to another file,
+// which the request would otherwise read or write.
+func testClosedFileRejected(t *testing.T, b backend) {
+	io := b.open(t, 4)
+	f := createFile(t, io, "closed.data")
+	pool := newMemPool(t, 1, 4096)
+	buf := pool.TryGet()
+	defer buf.Release()
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := createFile(t, io, "reuses-the-descriptor.data")
+	for _, op := range []Op{OpWrite, OpRead, OpSync} {
+		done := make(chan *Request, 1)
+		r := &Request{Op: op, File: f, Done: done}
+		if op != OpSync {
+			r.Buf = buf.Bytes()
+		}
+		if err := io.Submit(r); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("%v on a closed file: Submit returned %v, want os.ErrClosed", op, err)
+		}
+		if len(done) != 0 {
+			t.Errorf("%v on a closed file was completed", op)
+		}
+	}
+	if size, err := other.Size(); err != nil || size != 0 {
+		t.Fatalf("the file opened after the close has %d bytes (%v), want 0", size, err)
 	}
 }
 
