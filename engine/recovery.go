@@ -47,7 +47,10 @@ type DiskRecovery struct {
 	LogGeneration uint64
 	LogRecords    uint64
 	LogTornBytes  int64
-	Duration      time.Duration
+	// Where the time went: reading and replaying the log, walking and
+	// checking the files, writing the compacted log.
+	LogDuration, WalkDuration, CompactDuration time.Duration
+	Duration                                   time.Duration
 }
 
 // RecoveredPartition is a partition recovered from a disk.
@@ -113,6 +116,8 @@ func (d *Disk) recover(rep *diskRecovery) error {
 		hdr.FirstLSN += end.Records
 	}
 	logBytes = nil
+	rep.LogDuration = time.Since(start)
+	walkStart := time.Now()
 
 	// The engine's own temporary files are never data.
 	for _, name := range []string{logTempFile, identityTemp, probeFile} {
@@ -144,6 +149,8 @@ func (d *Disk) recover(rep *diskRecovery) error {
 		}
 	}
 	rep.Lost = len(rep.lost)
+	rep.WalkDuration = time.Since(walkStart)
+	compactStart := time.Now()
 
 	// A compacted log of the live state, with the lost partitions and maps
 	// gone and open partitions' lengths as truncated: the next appends
@@ -160,6 +167,7 @@ func (d *Disk) recover(rep *diskRecovery) error {
 	if err := d.clog.install(content, next); err != nil {
 		return err
 	}
+	rep.CompactDuration = time.Since(compactStart)
 	d.collectReport(rep)
 	return nil
 }
@@ -234,6 +242,9 @@ func (d *Disk) walkDataset(cat *layout.Catalog, job, ds, rel string, seenMaps ma
 		return 0, fmt.Errorf("engine: %w", err)
 	}
 	defer dir.Close()
+	// Directory order: measured against sorting by inode number with
+	// parallel stats, on a cold cache, it was as fast or faster (the
+	// lookups follow the directory's blocks).
 	names, err := dir.Readdirnames(-1)
 	if err != nil {
 		return 0, fmt.Errorf("engine: read %s: %w", rel, err)
