@@ -28,8 +28,13 @@ type Rule struct {
 type Faulty struct {
 	inner IO
 
-	mu    sync.Mutex
-	rules []*ruleState
+	mu      sync.Mutex
+	rules   []*ruleState
+	closing bool
+	// delayed counts the requests a Delay rule holds back. Close waits for
+	// them to reach the inner IO, so that, as the IO contract says, every
+	// request has completed when Close returns.
+	delayed sync.WaitGroup
 }
 
 type ruleState struct {
@@ -120,8 +125,9 @@ func (f *Faulty) Submit(reqs ...*Request) error {
 			pass = append(pass, r)
 		case rule.Err != nil:
 			r.finish(0, rule.Err)
-		case rule.Delay > 0:
+		case rule.Delay > 0 && f.hold():
 			time.AfterFunc(rule.Delay, func() {
+				defer f.delayed.Done()
 				if err := f.inner.Submit(r); err != nil {
 					r.finish(0, err)
 				}
@@ -141,6 +147,18 @@ func (f *Faulty) Submit(reqs ...*Request) error {
 	return f.inner.Submit(pass...)
 }
 
+// hold counts a request that a Delay rule holds back, unless the IO is
+// closing: then the request goes on at once (and completes with ErrClosed).
+func (f *Faulty) hold() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closing {
+		return false
+	}
+	f.delayed.Add(1)
+	return true
+}
+
 func (f *Faulty) OpenFile(path string, flag int, perm os.FileMode) (*File, error) {
 	return f.inner.OpenFile(path, flag, perm)
 }
@@ -155,4 +173,12 @@ func (f *Faulty) Info() Info {
 	return i
 }
 
-func (f *Faulty) Close() error { return f.inner.Close() }
+// Close waits for the requests held back by Delay rules to reach the inner
+// IO, then closes it.
+func (f *Faulty) Close() error {
+	f.mu.Lock()
+	f.closing = true
+	f.mu.Unlock()
+	f.delayed.Wait()
+	return f.inner.Close()
+}

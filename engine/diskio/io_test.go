@@ -414,6 +414,39 @@ func testFaultsSurface(t *testing.T, b backend) {
 	}
 }
 
+// TestFaultyCloseWaitsForDelayed: a request that a Delay rule holds back
+// is in flight too; Close returns only once it has completed.
+func TestFaultyCloseWaitsForDelayed(t *testing.T) {
+	inner, err := New(Config{Backend: BackendBuffered, Depth: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fio := NewFaulty(inner)
+	f := createFile(t, fio, "delayed.data")
+	fio.Inject(Rule{Op: OpSync, Delay: 50 * time.Millisecond})
+	done := make(chan *Request, 2)
+	if err := fio.Submit(&Request{Op: OpSync, File: f, Done: done}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fio.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 {
+		t.Fatal("Close returned before the delayed request completed")
+	}
+	if r := <-done; r.Err != nil {
+		t.Fatalf("the delayed fdatasync: %v", r.Err)
+	}
+	// After Close a Delay rule holds nothing back: the request completes
+	// with ErrClosed at once.
+	if err := fio.Submit(&Request{Op: OpSync, File: f, Done: done}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; !errors.Is(r.Err, ErrClosed) {
+		t.Fatalf("Submit after Close completed with %v, want ErrClosed", r.Err)
+	}
+}
+
 func testCloseWithIOInFlight(t *testing.T, b backend) {
 	io := b.open(t, 8)
 	f := createFile(t, io, "close.data")
