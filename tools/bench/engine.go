@@ -118,7 +118,12 @@ type EngineResult struct {
 	RecoverySecs       float64 `json:"recovery_s,omitempty"`
 	RecoveryPartitions int     `json:"recovery_partitions,omitempty"`
 	RecoveryColdCache  bool    `json:"recovery_cold_cache,omitempty"`
-	CreateSecs         float64 `json:"recovery_create_s,omitempty"`
+	// Where one recovery's time went (median run): the commit log, the walk
+	// that stats every file, the compacted log.
+	RecoveryLogSecs     float64 `json:"recovery_log_s,omitempty"`
+	RecoveryWalkSecs    float64 `json:"recovery_walk_s,omitempty"`
+	RecoveryCompactSecs float64 `json:"recovery_compact_s,omitempty"`
+	CreateSecs          float64 `json:"recovery_create_s,omitempty"`
 }
 
 // EngineReport is the medians of several runs, with fio's sequential write
@@ -482,7 +487,7 @@ func Recovery(ctx context.Context, cfg EngineConfig, runs int, res *EngineResult
 	if err := errors.Join(<-errs, s.Close()); err != nil {
 		return err
 	}
-	var secs []float64
+	var secs, logs, walks, compacts []float64
 	for range max(runs, 1) {
 		res.RecoveryColdCache = dropCaches() == nil
 		t0 := time.Now()
@@ -492,6 +497,8 @@ func Recovery(ctx context.Context, cfg EngineConfig, runs int, res *EngineResult
 		}
 		secs = append(secs, time.Since(t0).Seconds())
 		rep := s.Recovery()
+		d := rep.Disks[0]
+		logs, walks, compacts = append(logs, d.LogDuration.Seconds()), append(walks, d.WalkDuration.Seconds()), append(compacts, d.CompactDuration.Seconds())
 		n := len(rep.Partitions)
 		if err := s.Close(); err != nil {
 			return err
@@ -501,6 +508,7 @@ func Recovery(ctx context.Context, cfg EngineConfig, runs int, res *EngineResult
 		}
 	}
 	res.RecoverySecs, res.RecoveryPartitions = Median(secs), c.Partitions
+	res.RecoveryLogSecs, res.RecoveryWalkSecs, res.RecoveryCompactSecs = Median(logs), Median(walks), Median(compacts)
 	return nil
 }
 

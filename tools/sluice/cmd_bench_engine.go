@@ -100,8 +100,8 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 		if rep.RecoveryColdCache {
 			cache = "cold"
 		}
-		fmt.Fprintf(stdout, "recovery of %d committed partitions: %.2f s (%s page cache; created in %.1f s)\n",
-			rep.RecoveryPartitions, rep.RecoverySecs, cache, rep.CreateSecs)
+		fmt.Fprintf(stdout, "recovery of %d committed partitions: %.2f s (%s page cache; log %.2f s, walk %.2f s, compacted log %.2f s; created in %.1f s)\n",
+			rep.RecoveryPartitions, rep.RecoverySecs, cache, rep.RecoveryLogSecs, rep.RecoveryWalkSecs, rep.RecoveryCompactSecs, rep.CreateSecs)
 	}
 	if *asJSON {
 		if err := json.NewEncoder(stdout).Encode(rep); err != nil {
