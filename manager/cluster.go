@@ -426,6 +426,16 @@ func (ds *datasetRec) growMaps(m uint32) bool {
 	return true
 }
 
+// producerLimit bounds the map indexes a dataset's partitions may name:
+// its declared producers, or maxProducers while only worker reports
+// describe it.
+func (ds *datasetRec) producerLimit() uint32 {
+	if ds.declared {
+		return ds.producers
+	}
+	return maxProducers
+}
+
 func (ds *datasetRec) growReduces(r uint32) bool {
 	if int(r) < len(ds.reduces) {
 		return true

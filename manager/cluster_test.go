@@ -851,6 +851,37 @@ func TestMalformedRequests(t *testing.T) {
 	}
 }
 
+// TestReduceProducersBounded: a worker that names producers of a
+// subpartition far beyond the dataset's producers does not make the
+// manager allocate for them.
+func TestReduceProducersBounded(t *testing.T) {
+	h := newHarness(t, nil)
+	h.job("j")
+	h.dataset("j", "r", api.PartitionKind_REDUCE_PARTITION, 4, 2)
+	reduceGroup := func(ds string, producers ...uint32) *api.DatasetPartitions {
+		e := &api.PartitionEntry{ReduceIndex: 1, DiskId: "d0", Bytes: 100, State: api.PartitionState_PARTITION_WRITING}
+		for _, m := range producers {
+			e.Producers = append(e.Producers, &api.ProducerAttempt{MapIndex: m})
+		}
+		return &api.DatasetPartitions{JobId: "j", DatasetId: ds, Kind: api.PartitionKind_REDUCE_PARTITION, Partitions: []*api.PartitionEntry{e}}
+	}
+	// "r" is declared with 4 producers; "adopted" is known from the report
+	// only, so maxProducers bounds it.
+	h.register("w0", []*api.DiskStatus{disk("d0", api.DiskType_HDD, 500*gib)},
+		reduceGroup("r", 2, 4, 1<<31), reduceGroup("adopted", 3, maxProducers, ^uint32(0)))
+	for _, tc := range []struct {
+		ds    string
+		want  uint32
+		words int
+	}{{"r", 2, 1}, {"adopted", 3, 1}} {
+		rs := &h.c.jobs["j"].datasets[tc.ds].reduces[1]
+		if len(rs.producers) != tc.words || !hasBit(rs.producers, tc.want) {
+			t.Errorf("dataset %s: producer bitmap of %d words, bit %d set: %v; want %d word(s) holding that bit",
+				tc.ds, len(rs.producers), tc.want, hasBit(rs.producers, tc.want), tc.words)
+		}
+	}
+}
+
 func TestAdminListings(t *testing.T) {
 	h := newHarness(t, nil)
 	h.threeWorkers()

@@ -259,8 +259,20 @@ func (c *cluster) applyReduceEntry(ds *datasetRec, d *diskRec, e *api.PartitionE
 	rs.owner, rs.ownerGen = d.ref, d.gen
 	rs.flags = (rs.flags | reduceOwned) &^ reduceLost
 	rs.bytes, rs.state = e.Bytes, e.State
+	// The bitmap grows to the largest map index reported: an index beyond
+	// the dataset's producers would make the manager allocate for it (up
+	// to 512 MiB for a uint32), so it is ignored like any partition out of
+	// range.
+	limit, ignored := ds.producerLimit(), 0
 	for _, p := range e.Producers {
+		if p.MapIndex >= limit {
+			ignored++
+			continue
+		}
 		setBit(&rs.producers, p.MapIndex, int(ds.producers))
+	}
+	if ignored > 0 {
+		c.log.Warn("producers beyond the dataset's producers ignored", "job", ds.job.id, "dataset", ds.id, "reduce", e.ReduceIndex, "ignored", ignored, "producers", limit)
 	}
 	if wasLost {
 		c.restoreReduceProducers(ds, evs)
