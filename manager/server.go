@@ -138,8 +138,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		})
 		hs, err := metrics.Listen(cfg.MetricsListen, mux)
 		if err != nil {
-			lis.Close()
-			return nil, err
+			return nil, errors.Join(err, lis.Close())
 		}
 		s.http = hs
 		s.self.MetricsAddress = hs.Addr()
@@ -250,6 +249,11 @@ func (s *Server) Close() error {
 		case <-stopped:
 		case <-time.After(5 * time.Second):
 			s.grpc.Stop()
+		}
+		// Serve closes the listener when the server stops; a server that
+		// never started still holds it.
+		if lerr := s.lis.Close(); lerr != nil && !errors.Is(lerr, net.ErrClosed) {
+			err = errors.Join(err, lerr)
 		}
 		s.wg.Wait()
 		s.stepDown()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -425,6 +426,28 @@ func TestStatusOverGRPC(t *testing.T) {
 
 // TestNotLeaderAnswer: a manager that is not the leader answers with the
 // leader's address in the status detail and the trailer.
+// TestCloseWithoutStart: a server closed before it started gives its
+// addresses back.
+func TestCloseWithoutStart(t *testing.T) {
+	s, err := New(testConfig(), WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := []string{s.ListenAddr(), s.MetricsAddr()}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range addrs {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s still taken after Close: %v", addr, err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestNotLeaderAnswer(t *testing.T) {
 	cfg := testConfig()
 	s := startManager(t, cfg)
