@@ -685,3 +685,22 @@ func (rc *readChan) cleanup() {
 	delete(rc.o.reads, rc)
 	rc.o.mu.Unlock()
 }
+
+// DebugReads describes every read channel's state (temporary debugging aid).
+func (s *Server) DebugReads() string {
+	var b []byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.out.mu.Lock()
+		for rc := range c.out.reads {
+			b = fmt.Appendf(b, "ch %d: opened %v done %v term %v credit %d creditIn %d stalled %v granted %d received %d dropped %d eof %v hdrHave %d itemLeft %d cur %d pieces %d/%d bounds %d/%d queued %d sent %d written %d chunks %d/%d memHeld %d inReady %v memWait %v\n",
+				rc.ch.id, rc.opened.Load(), rc.done, rc.terminal, rc.credit, rc.creditIn.Load(), rc.stalled, rc.granted, rc.received, rc.dropped, rc.eof,
+				rc.hdrHave, rc.itemLeft, rc.curSize, rc.pieceHead, len(rc.pieces), rc.boundHead, len(rc.bounds), rc.queuedEnd, rc.sentPos, rc.writtenPos,
+				rc.chunkHead, len(rc.chunks), rc.memHeld, rc.inReady.Load(), rc.memWaiting.Load())
+		}
+		c.out.mu.Unlock()
+		b = fmt.Appendf(b, "conn mem used %d\n", c.mem.used)
+	}
+	return string(b)
+}

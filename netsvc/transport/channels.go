@@ -355,11 +355,25 @@ func (p *PushChannel) WaitHeld(ctx context.Context, n uint32) error {
 
 // Commit sends PUSH_COMMIT and waits for PUSH_COMMITTED.
 func (p *PushChannel) Commit(ctx context.Context, segments uint32, payloadBytes uint64) (*wire.PushCommitted, error) {
-	if err := p.check(); err != nil {
+	if err := p.SendCommit(segments, payloadBytes); err != nil {
 		return nil, err
+	}
+	return p.WaitCommitted(ctx)
+}
+
+// SendCommit sends PUSH_COMMIT without waiting: a producer commits in many
+// ReducePartitions at once, then waits for each (WaitCommitted).
+func (p *PushChannel) SendCommit(segments uint32, payloadBytes uint64) error {
+	if err := p.check(); err != nil {
+		return err
 	}
 	m := wire.PushCommit{Segments: segments, PayloadBytes: payloadBytes}
 	p.c.queueCtl(func(dst []byte) []byte { return m.AppendFrame(dst, p.c.major, p.chID) })
+	return nil
+}
+
+// WaitCommitted waits for PUSH_COMMITTED.
+func (p *PushChannel) WaitCommitted(ctx context.Context) (*wire.PushCommitted, error) {
 	if err := p.wait(ctx, func() bool { return p.committed != nil }); err != nil {
 		return nil, err
 	}

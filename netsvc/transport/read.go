@@ -191,6 +191,12 @@ func (r *ReadChannel) Opened() *wire.ReadOpened {
 	return r.opened
 }
 
+// WaitOpened waits for READ_OPENED (or the error that ended the channel).
+func (r *ReadChannel) WaitOpened(ctx context.Context) (*wire.ReadOpened, error) {
+	err := r.wait(ctx, func() bool { return r.opened != nil })
+	return r.Opened(), err
+}
+
 // End is READ_END, once it has arrived.
 func (r *ReadChannel) End() *wire.ReadEnd {
 	r.mu.Lock()
