@@ -59,7 +59,9 @@ func ParseBytes(s string) (Bytes, error) {
 		return Bytes(n * mult), nil
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 {
+	// Written so that NaN, which ParseFloat accepts and which compares
+	// false with everything, is refused too.
+	if err != nil || !(f >= 0) {
 		return 0, fmt.Errorf("invalid size %q (want e.g. 64MiB, 5GiB, 4096)", s)
 	}
 	if f*float64(mult) >= 1<<64 {

@@ -84,7 +84,7 @@ func TestBytes(t *testing.T) {
 			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "x", "-1", "99999999999999999999TiB"} {
+	for _, in := range []string{"", "x", "-1", "99999999999999999999TiB", "NaN", "nanGiB", "Inf", "-0.5K"} {
 		if _, err := ParseBytes(in); err == nil {
 			t.Errorf("ParseBytes(%q): no error", in)
 		}
