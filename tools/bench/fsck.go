@@ -246,7 +246,12 @@ func ensureFsckDisk(ctx context.Context, dir string, cfg *FsckConfig) (int, int6
 			}
 		}
 	}
-	if err := errors.Join(os.Remove(marker), os.RemoveAll(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// A missing marker is the common case; a disk that cannot be removed is
+	// not, and must not pass for a fresh one.
+	if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, 0, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
 		return 0, 0, err
 	}
 	files, size, err := WriteFsckDisk(ctx, dir, cfg)

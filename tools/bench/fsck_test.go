@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluice-shuffle/sluice/tools/fsck"
+	"golang.org/x/sys/unix"
 )
 
 func TestFsckBench(t *testing.T) {
@@ -62,4 +63,57 @@ func TestFsckBenchDisk(t *testing.T) {
 	if st2, err := os.Stat(filepath.Join(disk, "IDENTITY")); err != nil || !st2.ModTime().Equal(st.ModTime()) {
 		t.Fatalf("the kept disk was not reused (%v)", err)
 	}
+}
+
+// TestFsckBenchDiskNotRemovable: a stale disk directory that cannot be
+// removed is an error, not a directory the new disk is written over.
+func TestFsckBenchDiskNotRemovable(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "sluice-bench-fsck", "disk")
+	if err := os.MkdirAll(disk, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stuck := filepath.Join(disk, "stuck")
+	if err := os.WriteFile(stuck, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setImmutable(t, stuck)
+	cfg := FsckConfig{Size: 1 << 20, FileBytes: 1 << 20, RegionBytes: 128 << 10, Subpartitions: 10}
+	cfg.defaults()
+	if _, _, err := ensureFsckDisk(context.Background(), disk, &cfg); err == nil {
+		t.Fatal("ensureFsckDisk wrote over a stale disk it could not remove")
+	}
+}
+
+// fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h, which x/sys/unix does not
+// export.
+const fsImmutableFL = 0x10
+
+// setImmutable sets FS_IMMUTABLE_FL on path (chattr +i), so that not even
+// root may remove it, and clears it when the test ends. It skips the test
+// where the filesystem or the privileges do not allow it.
+func setImmutable(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Skipf("FS_IOC_GETFLAGS on %s: %v", path, err)
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags|fsImmutableFL)); err != nil {
+		t.Skipf("cannot make %s immutable: %v", path, err)
+	}
+	t.Cleanup(func() {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
+			t.Errorf("clearing the immutable flag of %s: %v", path, err)
+		}
+	})
 }
