@@ -182,16 +182,12 @@ func cmpErr(first, err error) error {
 	return err
 }
 
-// fillPattern fills b with bytes that neither compress nor dedupe, so no
-// layer below can shortcut the IO.
+// fillPattern fills b with bytes that do not compress (fillNoise from its
+// fixed seed), so no layer below can shortcut the IO. Every call writes the
+// same bytes.
 func fillPattern(b []byte) {
-	x := uint64(0x9e3779b97f4a7c15)
-	for i := 0; i+8 <= len(b); i += 8 {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		binary.LittleEndian.PutUint64(b[i:], x)
-	}
+	x := uint64(noiseSeed)
+	fillNoise(b, &x)
 }
 
 // DiskReport is the medians of several alternating runs of Disk and, when

@@ -296,7 +296,7 @@ func WriteFsckDisk(ctx context.Context, dir string, cfg *FsckConfig) (int, int64
 	if err != nil {
 		return 0, 0, err
 	}
-	rng := uint64(0x9e3779b97f4a7c15)
+	rng := uint64(noiseSeed)
 	var total int64
 	files := 0
 	for m := uint32(0); total < cfg.Size; m++ {
@@ -396,6 +396,13 @@ func writeBenchMap(dir string, m uint32, cfg *FsckConfig, rng *uint64) (footer l
 	return footer, unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
+// noiseSeed starts fillNoise's generator (any non-zero value does; this is
+// 2^64 divided by the golden ratio).
+const noiseSeed = 0x9e3779b97f4a7c15
+
+// fillNoise fills b with xorshift64 output continuing from *state, and
+// leaves *state where the next call continues: bytes that neither compress
+// nor repeat across calls.
 func fillNoise(b []byte, state *uint64) {
 	x := *state
 	for i := 0; i+8 <= len(b); i += 8 {
