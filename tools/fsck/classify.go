@@ -97,9 +97,7 @@ func (c *checker) judgeAlone(r *Result, sum *layout.Summary, err error, t *tail)
 		return
 	}
 	identityFromHeader(r, sum)
-	if bad := finalizedButDamaged(sum, r.Size, t); bad != nil {
-		r.Status = StatusCorrupt
-		setCorrupt(r, bad)
+	if judgeDamage(r, layout.ParsedPath{}, sum, t) {
 		return
 	}
 	if rs := sum.Reduce; rs != nil && !rs.Finalized {
@@ -130,13 +128,7 @@ func (c *checker) judgeOnDisk(e *entry, sum *layout.Summary, err error, t *tail)
 			setError(r, err)
 			return
 		}
-		if msg := pathMismatch(e.parsed, sum); msg != "" {
-			r.Status, r.Offset, r.What = StatusCorrupt, ptr(int64(0)), msg
-			return
-		}
-		if bad := finalizedButDamaged(sum, r.Size, t); bad != nil {
-			r.Status = StatusCorrupt
-			setCorrupt(r, bad)
+		if judgeDamage(r, e.parsed, sum, t) {
 			return
 		}
 		r.Status = StatusOK
@@ -167,13 +159,7 @@ func (c *checker) judgeOnDisk(e *entry, sum *layout.Summary, err error, t *tail)
 		setError(r, err)
 		return
 	}
-	if msg := pathMismatch(e.parsed, sum); msg != "" {
-		r.Status, r.Offset, r.What = StatusCorrupt, ptr(int64(0)), msg
-		return
-	}
-	if bad := finalizedButDamaged(sum, r.Size, t); bad != nil {
-		r.Status = StatusCorrupt
-		setCorrupt(r, bad)
+	if judgeDamage(r, e.parsed, sum, t) {
 		return
 	}
 	switch e.parsed.Kind {
@@ -225,6 +211,23 @@ func (c *checker) judgeUnrecordedFinalize(r *Result, st *layout.ReduceState, rs 
 	r.Status = StatusOK
 	r.Detail = fmt.Sprintf("finalized, but the commit log does not record the finalize (a crash in between): its %d segments up to offset %d hold every recorded commit; recovery resumes the file from there",
 		rs.Segments, rs.ValidLength)
+}
+
+// judgeDamage makes r CORRUPT, and reports so, when a file whose bytes
+// verify holds another partition than its path pp names (pp of kind
+// PathOther checks nothing), or is a finalized ReducePartition with damage
+// the verifier took for a torn tail.
+func judgeDamage(r *Result, pp layout.ParsedPath, sum *layout.Summary, t *tail) bool {
+	if msg := pathMismatch(pp, sum); msg != "" {
+		r.Status, r.Offset, r.What = StatusCorrupt, ptr(int64(0)), msg
+		return true
+	}
+	if bad := finalizedButDamaged(sum, r.Size, t); bad != nil {
+		r.Status = StatusCorrupt
+		setCorrupt(r, bad)
+		return true
+	}
+	return false
 }
 
 // commitText is a commit check's message without the file's path, which the
