@@ -314,7 +314,8 @@ func (c *checker) checkLog(ctx context.Context, d *disk, r Result, haveData bool
 		return []*entry{finished(r)}
 	}
 	if d.idOK && hdr.Disk != d.id {
-		r.Status, r.Offset = StatusCorrupt, ptr(int64(16))
+		// The disk id follows the file prefix (FORMAT.md, "Commit log").
+		r.Status, r.Offset = StatusCorrupt, ptr(int64(layout.PrefixSize))
 		r.What = fmt.Sprintf("the commit log belongs to disk %v, this is disk %v (IDENTITY)", hdr.Disk, d.id)
 		return []*entry{finished(r)}
 	}

@@ -17,17 +17,12 @@ type Reporter interface {
 
 // TextReporter prints one line per result and a summary line.
 type TextReporter struct {
-	W io.Writer
-	// Quiet leaves out OK and OTHER results.
-	Quiet bool
-	err   error
+	W   io.Writer
+	err error
 }
 
-// Report prints r unless it is quiet about it.
+// Report prints r.
 func (t *TextReporter) Report(r *Result) {
-	if t.Quiet && (r.Status == StatusOK || r.Status == StatusOther) {
-		return
-	}
 	if _, err := fmt.Fprintln(t.W, FormatResult(r)); err != nil && t.err == nil {
 		t.err = err
 	}
