@@ -169,7 +169,8 @@ const (
 )
 
 func newCluster(cfg *Config, clock func() time.Time, log *slog.Logger, m *instruments, managerID string, epoch uint64) (*cluster, error) {
-	strategy, err := placement.NewStrategy(cfg.Placement, placement.Options{ReserveBytes: uint64(cfg.ReserveBytes), PartitionBytes: uint64(cfg.PartitionBytes)})
+	opts := placement.Options{ReserveBytes: uint64(cfg.ReserveBytes), PartitionBytes: uint64(cfg.PartitionBytes)}
+	strategy, err := placement.NewStrategy(cfg.Placement, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +179,7 @@ func newCluster(cfg *Config, clock func() time.Time, log *slog.Logger, m *instru
 		clock:        clock,
 		log:          log,
 		metrics:      m,
-		placer:       placement.NewPlacer(strategy, placement.Options{ReserveBytes: uint64(cfg.ReserveBytes), PartitionBytes: uint64(cfg.PartitionBytes)}),
+		placer:       placement.NewPlacer(strategy, opts),
 		managerID:    managerID,
 		epoch:        epoch,
 		workers:      map[string]*workerRec{},
