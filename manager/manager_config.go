@@ -87,11 +87,11 @@ func (c *Config) Validate() error {
 	if c.Listen == "" {
 		bad("listen: must not be empty")
 	} else if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("listen: %v", err)
+		bad("listen: %w", err)
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
-			bad("metrics-listen: %v", err)
+			bad("metrics-listen: %w", err)
 		}
 	}
 	if c.ClusterID == "" || strings.Contains(c.ClusterID, "/") {
@@ -113,7 +113,7 @@ func (c *Config) Validate() error {
 		bad("rebuild-window and released-retention must not be negative")
 	}
 	if _, err := placement.NewStrategy(c.Placement, placement.Options{}); err != nil {
-		bad("placement: %v", err)
+		bad("placement: %w", err)
 	}
 	if c.PartitionBytes == 0 {
 		bad("expected-partition-size: must be positive")
