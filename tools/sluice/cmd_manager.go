@@ -74,7 +74,10 @@ flags:
 			fmt.Fprintf(stderr, "sluice manager: %v\n", err)
 			return 1
 		}
-		stdout.Write(out)
+		if _, err := stdout.Write(out); err != nil {
+			fmt.Fprintf(stderr, "sluice manager: %v\n", err)
+			return 1
+		}
 		return 0
 	}
 
