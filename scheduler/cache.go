@@ -32,14 +32,15 @@ type slotEntry struct {
 
 type slotCache struct {
 	c *ristretto.Cache[uint64, slotEntry]
-	// keys are the keys put, oldest first, in a ring of twice the entries
-	// the cache can hold; head is the oldest. A key pushed out of the ring
-	// is deleted from the cache, so no entry outlives two cache-fulls of
-	// inserts, and shed frees the oldest entries when live reads need their
-	// buffers. Guarded by Scheduler.mu.
-	keys       []uint64
-	head, n    int
-	sheddedCnt int64
+	// keys are the keys put, oldest first, in a ring as long as the cache
+	// holds entries: putting a key into a full ring deletes the oldest
+	// entry first. Read-ahead is wanted by the consumers that come next,
+	// so the cache evicts first in, first out; left to itself ristretto's
+	// TinyLFU would keep the slots that served many consumers (and are
+	// done) and refuse the new ones. ristretto still bounds the cost and
+	// is the concurrent store. Guarded by Scheduler.mu.
+	keys    []uint64
+	head, n int
 }
 
 func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
@@ -61,7 +62,7 @@ func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: read-ahead cache: %w", err)
 	}
-	return &slotCache{c: c, keys: make([]uint64, 2*entries)}, nil
+	return &slotCache{c: c, keys: make([]uint64, entries)}, nil
 }
 
 func slotKey(file uint64, slot int64) uint64 {
@@ -84,23 +85,29 @@ func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
 	return e, true
 }
 
-// put offers a filled buffer to the cache. The cache takes its own
-// reference; the caller keeps its own.
+// put offers a filled buffer to the cache, deleting the oldest entry first
+// when the cache is full. The cache takes its own reference; the caller
+// keeps its own.
 func (c *slotCache) put(e slotEntry, cost int64) {
+	if c.n == len(c.keys) {
+		c.c.Del(c.keys[c.head])
+		c.head = (c.head + 1) % len(c.keys)
+		c.n--
+	}
 	e.rb.ref()
 	k := slotKey(e.file, e.slot)
 	if !c.c.Set(k, e, cost) {
 		e.rb.release() // dropped at once: the cache never saw it
 		return
 	}
-	if c.n == len(c.keys) {
-		c.c.Del(c.keys[c.head])
-		c.head = (c.head + 1) % len(c.keys)
-		c.n--
-	}
 	c.keys[(c.head+c.n)%len(c.keys)] = k
 	c.n++
 }
+
+// settle waits until the cache has applied every put before it: ristretto
+// admits entries asynchronously, and a reader arriving right after a read
+// completed must find its slots.
+func (c *slotCache) settle() { c.c.Wait() }
 
 // shed deletes the oldest entries, at most n, so that live reads get the
 // buffers read-ahead holds (a buffer returns to the pool once no chunk uses
@@ -113,7 +120,6 @@ func (c *slotCache) shed(n int) int {
 		c.head = (c.head + 1) % len(c.keys)
 		c.n--
 	}
-	c.sheddedCnt += int64(done)
 	return done
 }
 

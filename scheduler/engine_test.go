@@ -3,7 +3,6 @@ package scheduler
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -187,5 +186,5 @@ func testEngineMapPartitions(t *testing.T, backend string) {
 	if st.Pieces <= st.Reads {
 		t.Errorf("%d pieces in %d reads: nothing merged", st.Pieces, st.Reads)
 	}
-	t.Log(fmt.Sprintf("%+v", st))
+	t.Logf("%+v", st)
 }

@@ -451,11 +451,16 @@ func (s *Scheduler) complete(req *diskio.Request) {
 		// Read-ahead: the slots past the last byte a reader asked for are
 		// kept for readers yet to come.
 		bb := int64(s.bufBytes)
+		put := false
 		for _, rb := range rd.bufs {
 			if rb.off+bb <= rd.claimedEnd || rb.err != nil || rb.n == 0 {
 				continue
 			}
 			s.cache.put(slotEntry{rb: rb, gen: rb.gen(), file: rd.fi.khash, slot: rb.off / bb, n: rb.n}, bb)
+			put = true
+		}
+		if put {
+			s.cache.settle()
 		}
 	}
 	for i, rb := range rd.bufs {

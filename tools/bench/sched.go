@@ -242,6 +242,7 @@ func (d *schedDisk) close() error { return d.ds.close() }
 
 // lastTrace is the trace of the last run, for tests.
 var lastTrace []scheduler.TraceRead
+var lastStats scheduler.Stats
 
 // benchReader is one read channel: one consumer's extents of one file.
 type benchReader struct {
@@ -435,6 +436,7 @@ func (d *schedDisk) run(ctx context.Context, policy scheduler.Policy, staggered,
 		return res, firstErr
 	}
 	st := s.Stats()
+	lastStats = st
 	trace := s.Trace()
 	lastTrace = trace
 	m := scheduler.DefaultHDD().Replay(trace)

@@ -47,6 +47,9 @@ func TestSchedProfile(t *testing.T) {
 	envInt("SLUICE_SCHED_DRAINERS", &cfg.Drainers)
 	envInt("SLUICE_SCHED_WINDOW", &cfg.Window)
 	envInt("SLUICE_SCHED_MAXREAD", &cfg.MaxReadBytes)
+	if v, err := strconv.ParseInt(os.Getenv("SLUICE_SCHED_BUDGET"), 10, 64); err == nil {
+		cfg.BudgetBytes = v
+	}
 	if v, err := strconv.ParseInt(os.Getenv("SLUICE_SCHED_CACHE"), 10, 64); err == nil {
 		cfg.CacheBytes = v
 	}
@@ -72,6 +75,7 @@ func TestSchedProfile(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%+v", r)
+		t.Logf("stats %+v", lastStats)
 		if tr := lastTrace; tr != nil {
 			hist := map[string]int{}
 			descents := 0
@@ -91,6 +95,27 @@ func TestSchedProfile(t *testing.T) {
 				}
 			}
 			t.Logf("read sizes %v, descents %d", hist, descents)
+			type fs struct {
+				f    uint64
+				slot int64
+			}
+			first := map[fs]int{}
+			var again, total int
+			var gaps []float64
+			bb := int64(cfg.BufferBytes)
+			for i, x := range tr {
+				for off := x.Offset / bb * bb; off < x.Offset+x.Length; off += bb {
+					k := fs{x.File, off / bb}
+					total++
+					if j, ok := first[k]; ok {
+						again++
+						gaps = append(gaps, float64(i-j))
+					}
+					first[k] = i
+				}
+			}
+			t.Logf("slot reads %d, distinct %d, again %d; reads between: p10 %.0f p50 %.0f p90 %.0f",
+				total, len(first), again, Percentile(gaps, 10), Percentile(gaps, 50), Percentile(gaps, 90))
 		}
 	}
 }
