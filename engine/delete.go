@@ -83,7 +83,7 @@ func (dl *deleter) enqueue(rel string, key datasetKey) {
 }
 
 func (dl *deleter) run() {
-	defer dl.d.wg.Done()
+	defer dl.d.bg.Done()
 	defer close(dl.done)
 	for {
 		dl.mu.Lock()

@@ -55,6 +55,13 @@ type Disk struct {
 	submitQ chan *writeOp
 	ioSlots chan struct{}
 	ioMax   int
+	// opMu orders queueing against closing the queue at Close.
+	opMu          sync.RWMutex
+	opsClosed     bool
+	submitterDone chan struct{}
+	reapStop      chan struct{}
+	reaperDone    chan struct{}
+	bg            sync.WaitGroup // flusher and deleter
 
 	// Streams with buffers, for the pressure flusher.
 	streamsMu sync.Mutex
@@ -79,7 +86,6 @@ type Disk struct {
 	stats       diskCounters
 
 	closing chan struct{}
-	wg      sync.WaitGroup
 	closed  atomic.Bool
 }
 

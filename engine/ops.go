@@ -61,14 +61,22 @@ func (d *Disk) getOp() *writeOp { return <-d.freeOps }
 func (d *Disk) queueOp(op *writeOp) {
 	op.req.Done = d.opDone
 	op.req.Tag = op.idx
+	d.opMu.RLock()
+	if d.opsClosed {
+		d.opMu.RUnlock()
+		op.req.Err = ErrClosed
+		d.complete(op)
+		return
+	}
 	d.submitQ <- op
+	d.opMu.RUnlock()
 }
 
 // submitter hands queued writes to the IO, keeping at most ioMax of them
 // there (enough to keep the device busy, few enough that a request does
-// not wait behind hundreds of megabytes).
+// not wait behind hundreds of megabytes). It ends when the queue closes.
 func (d *Disk) submitter() {
-	defer d.wg.Done()
+	defer close(d.submitterDone)
 	for op := range d.submitQ {
 		d.ioSlots <- struct{}{}
 		op.slot = true
@@ -78,11 +86,19 @@ func (d *Disk) submitter() {
 
 // submitOp submits op's request to the IO now. On a synchronous failure
 // (the IO refused the request) the op completes through the same path as
-// an IO error.
+// an IO error; after the disk closed, at once.
 func (d *Disk) submitOp(op *writeOp) {
 	op.req.Done = d.opDone
 	op.req.Tag = op.idx
 	op.start = time.Now()
+	d.opMu.RLock()
+	closed := d.opsClosed && !op.slot
+	d.opMu.RUnlock()
+	if closed {
+		op.req.Err = ErrClosed
+		d.complete(op)
+		return
+	}
 	if err := d.io.Submit(op.one[:]...); err != nil {
 		op.req.Err = err
 		d.opDone <- &op.req
@@ -93,9 +109,20 @@ func (d *Disk) submitOp(op *writeOp) {
 // writer that went quiet does not pin memory), accounts them and tells
 // their streams. It runs until opDone closes.
 func (d *Disk) reap() {
-	defer d.wg.Done()
-	for r := range d.opDone {
-		d.complete(&d.ops[r.Tag])
+	defer close(d.reaperDone)
+	for {
+		select {
+		case r := <-d.opDone:
+			d.complete(&d.ops[r.Tag])
+		case <-d.reapStop:
+			// The IO is closed: every request it had is completed, and
+			// its completion sent here. Take them all.
+			for len(d.freeOps) < len(d.ops) {
+				r := <-d.opDone
+				d.complete(&d.ops[r.Tag])
+			}
+			return
+		}
 	}
 }
 

@@ -51,7 +51,7 @@ func (d *Disk) signalPressure() {
 // the disk busy the whole time, at the price of rewriting one tail block
 // per early write.
 func (d *Disk) flusher() {
-	defer d.wg.Done()
+	defer d.bg.Done()
 	var scratch []*stream
 	// While writers wait, look again now and then: a stream that was busy
 	// during a pass may have gone idle with a partial buffer since.

@@ -186,12 +186,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 // start launches the disk's goroutines.
 func (d *Disk) start() {
-	d.wg.Add(3)
+	d.submitterDone, d.reapStop, d.reaperDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go d.reap()
 	go d.submitter()
+	d.bg.Add(2)
 	go d.flusher()
 	d.deleter = newDeleter(d)
-	d.wg.Add(1)
 	go d.deleter.run()
 	if d.clog != nil && d.clog.f != nil {
 		d.clogRunning = true
@@ -739,19 +739,23 @@ func (d *Disk) close() error {
 		}
 	}
 	close(d.closing)
-	if d.deleter != nil {
+	started := d.deleter != nil
+	if started {
 		d.deleter.stop()
-		// Started: the submitter and the reaper run. Every stream has
-		// waited for its writes, so the queue is empty.
+		d.bg.Wait() // flusher and deleter: nothing queues writes any more
+		d.opMu.Lock()
+		d.opsClosed = true
 		close(d.submitQ)
+		d.opMu.Unlock()
+		<-d.submitterDone
 	}
 	if d.io != nil {
 		errs = append(errs, d.io.Close())
 	}
-	if d.opDone != nil && d.deleter != nil {
-		close(d.opDone)
+	if started {
+		close(d.reapStop)
+		<-d.reaperDone
 	}
-	d.wg.Wait()
 	if d.lockFD >= 0 {
 		errs = append(errs, closeFD(d.lockFD))
 		d.lockFD = -1
