@@ -428,7 +428,7 @@ func (b *MapBuilder) AppendHeader(dst []byte) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	b.headerCRC = binary.LittleEndian.Uint32(dst[len(dst)-crcSize:])
+	b.headerCRC = headerCRC(dst)
 	b.off = int64(len(dst) - start)
 	b.state = builderWriting
 	return dst, nil

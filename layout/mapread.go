@@ -72,7 +72,7 @@ func OpenMapPartition(r io.ReaderAt, size int64) (*MapPartition, error) {
 		return nil, err
 	}
 	m := &MapPartition{Header: h, HeaderLength: n, Version: v,
-		HeaderCRC: binary.LittleEndian.Uint32(hdrBytes[n-crcSize:])}
+		HeaderCRC: headerCRC(hdrBytes)}
 	if size < int64(n)+dirOverhead+MapFooterSize {
 		return nil, truncatedAt(kind, int64(n), size-int64(n), dirOverhead+MapFooterSize, "directory and footer")
 	}

@@ -154,25 +154,17 @@ func (v *MapVerifier) parse(b []byte, off int64) (int, int, error) {
 }
 
 func (v *MapVerifier) parseHeader(b []byte) (int, int, error) {
-	if len(b) < PrefixSize {
-		return 0, PrefixSize, nil
+	hdr, need, err := wholeHeader(b)
+	if hdr == nil {
+		return 0, need, err
 	}
-	_, n, err := HeaderLength(b)
+	h, _, ver, err := DecodeMapHeader(hdr)
 	if err != nil {
 		return 0, 0, err
 	}
-	if len(b) < n {
-		return 0, n, nil
-	}
-	v.hdrBytes = append([]byte(nil), b[:n]...)
-	h, _, ver, err := DecodeMapHeader(v.hdrBytes)
-	if err != nil {
-		return 0, 0, err
-	}
-	v.hdr, v.version = h, ver
-	v.headerCRC = binary.LittleEndian.Uint32(v.hdrBytes[n-crcSize:])
+	v.hdrBytes, v.hdr, v.version, v.headerCRC = hdr, h, ver, headerCRC(hdr)
 	v.phase = phaseItems
-	return n, 0, nil
+	return len(hdr), 0, nil
 }
 
 func (v *MapVerifier) onBuffer(h *BufferHeader, off int64) error {

@@ -346,7 +346,7 @@ func (b *ReduceBuilder) AppendHeader(dst []byte) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	b.headerCRC = binary.LittleEndian.Uint32(dst[len(dst)-crcSize:])
+	b.headerCRC = headerCRC(dst)
 	b.off = int64(len(dst) - start)
 	b.state = builderWriting
 	return dst, nil
@@ -502,7 +502,7 @@ func OpenReducePartition(r io.ReaderAt, size int64) (*ReducePartition, error) {
 		return nil, err
 	}
 	p := &ReducePartition{Header: h, DataOffset: int64(n), Version: v,
-		HeaderCRC: binary.LittleEndian.Uint32(hdrBytes[n-crcSize:])}
+		HeaderCRC: headerCRC(hdrBytes)}
 	if size < int64(n)+attemptTableOverhead+ReduceFooterSize {
 		return nil, truncatedAt(kind, int64(n), size-int64(n), attemptTableOverhead+ReduceFooterSize, "attempt table and footer")
 	}

@@ -189,26 +189,18 @@ func (v *ReduceVerifier) parse(b []byte, off int64) (int, int, error) {
 }
 
 func (v *ReduceVerifier) parseHeader(b []byte) (int, int, error) {
-	if len(b) < PrefixSize {
-		return 0, PrefixSize, nil
+	hdr, need, err := wholeHeader(b)
+	if hdr == nil {
+		return 0, need, err
 	}
-	_, n, err := HeaderLength(b)
+	h, _, ver, err := DecodeReduceHeader(hdr)
 	if err != nil {
 		return 0, 0, err
 	}
-	if len(b) < n {
-		return 0, n, nil
-	}
-	v.hdrBytes = append([]byte(nil), b[:n]...)
-	h, _, ver, err := DecodeReduceHeader(v.hdrBytes)
-	if err != nil {
-		return 0, 0, err
-	}
-	v.hdr, v.version = h, ver
-	v.headerCRC = binary.LittleEndian.Uint32(v.hdrBytes[n-crcSize:])
-	v.validLength = int64(n)
+	v.hdrBytes, v.hdr, v.version, v.headerCRC = hdr, h, ver, headerCRC(hdr)
+	v.validLength = int64(len(hdr))
 	v.phase = phaseItems
-	return n, 0, nil
+	return len(hdr), 0, nil
 }
 
 func (v *ReduceVerifier) onSegment(h *SegmentHeader, off int64) error {

@@ -159,3 +159,21 @@ func isFormatError(err error) bool {
 	}
 	return false
 }
+
+// wholeHeader is the first step of a verifier's parse: it returns a copy
+// of the file header at the start of b once b holds all of it (the
+// header's ids alias the copy, which outlives b), or how many bytes it
+// needs, or why the prefix is not one of a Sluice file.
+func wholeHeader(b []byte) (hdr []byte, need int, err error) {
+	if len(b) < PrefixSize {
+		return nil, PrefixSize, nil
+	}
+	_, n, err := HeaderLength(b)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(b) < n {
+		return nil, n, nil
+	}
+	return append([]byte(nil), b[:n]...), 0, nil
+}

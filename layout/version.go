@@ -198,6 +198,10 @@ func readHeader(b []byte, want FileKind) ([]byte, Version, error) {
 	return hdr, v, nil
 }
 
+// headerCRC returns the CRC32C that ends the file header hdr (or a buffer
+// that ends with one), which the footers repeat.
+func headerCRC(hdr []byte) uint32 { return binary.LittleEndian.Uint32(hdr[len(hdr)-crcSize:]) }
+
 // checkHeaderLength checks that a header of version v holds the fields of
 // this build's minor: exactly so for our minor or an older one (which this
 // build writes too), at least so for a newer minor, which may add fields.
