@@ -45,7 +45,7 @@ var requiredOps = []uint8{OpNop, OpRead, OpWrite, OpReadFixed, OpWriteFixed, OpF
 // NOP makes the round trip with its user_data, and the kernel implements
 // every opcode the engine uses. It returns nil or an *UnusableError naming
 // the reason.
-func Probe() error {
+func Probe() (err error) {
 	r, err := New(Params{Entries: 4})
 	if err != nil {
 		var ue *UnusableError
@@ -54,7 +54,11 @@ func Probe() error {
 		}
 		return &UnusableError{Op: "setup", Errno: errnoOf(err), Reason: err.Error()}
 	}
-	defer r.Close()
+	defer func() {
+		if cerr := r.Close(); cerr != nil && err == nil {
+			err = &UnusableError{Op: "close", Errno: errnoOf(cerr), Reason: cerr.Error()}
+		}
+	}()
 	ok, err := r.SupportsOps(requiredOps...)
 	if err != nil {
 		return &UnusableError{Op: "IORING_REGISTER_PROBE", Errno: errnoOf(err), Reason: "kernel older than 5.6 or probing blocked"}
