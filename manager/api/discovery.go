@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,20 +39,13 @@ func ListClusters(ctx context.Context, cli *clientv3.Client, root string) (map[s
 	if err != nil {
 		return nil, 0, fmt.Errorf("list clusters under %s: %w", root, err)
 	}
-	return clustersFrom(root, resp.Kvs, nil), resp.Header.Revision, nil
+	return clustersFrom(root, resp.Kvs), resp.Header.Revision, nil
 }
 
-type kv interface {
-	GetKey() []byte
-	GetValue() []byte
-}
-
-func clustersFrom[T kv](root string, kvs []T, into map[string]*ClusterCandidate) map[string]*ClusterCandidate {
-	if into == nil {
-		into = map[string]*ClusterCandidate{}
-	}
+func clustersFrom(root string, kvs []*mvccpb.KeyValue) map[string]*ClusterCandidate {
+	into := map[string]*ClusterCandidate{}
 	for _, kv := range kvs {
-		key := string(kv.GetKey())
+		key := string(kv.Key)
 		cluster, ok := ParseClusterKey(root, key)
 		if !ok {
 			continue
@@ -63,12 +57,12 @@ func clustersFrom[T kv](root string, kvs []T, into map[string]*ClusterCandidate)
 		}
 		switch {
 		case key == LeaderKey(root, cluster):
-			if info, err := DecodeManagerInfo(kv.GetValue()); err == nil {
+			if info, err := DecodeManagerInfo(kv.Value); err == nil {
 				c.Leader = info
 			}
 		case strings.HasPrefix(key, ManagersPrefix(root, cluster)):
 			c.Managers++
-			if info, err := DecodeManagerInfo(kv.GetValue()); err == nil {
+			if info, err := DecodeManagerInfo(kv.Value); err == nil {
 				c.ManagerProtocol = info.Protocol
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -389,7 +390,7 @@ func (f *Follower) watch(ctx context.Context, first chan struct{}) {
 			for _, ev := range wr.Events {
 				key := string(ev.Kv.Key)
 				cluster, ok := ParseClusterKey(root, key)
-				if !ok || key != LeaderKey(root, cluster) && !hasPrefix(key, ManagersPrefix(root, cluster)) {
+				if !ok || key != LeaderKey(root, cluster) && !strings.HasPrefix(key, ManagersPrefix(root, cluster)) {
 					continue
 				}
 				c := cands[cluster]
@@ -417,8 +418,6 @@ func (f *Follower) watch(ctx context.Context, first chan struct{}) {
 		}
 	}
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 // evaluate picks the cluster and its leader from the candidates.
 func (f *Follower) evaluate(cands map[string]*ClusterCandidate) {
