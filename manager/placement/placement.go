@@ -191,12 +191,6 @@ func NewPlacer(strategy Strategy, opts Options) *Placer {
 // configuration nor the dataset gives one.
 const DefaultPartitionBytes = 64 << 20
 
-// Strategy returns the strategy in use.
-func (p *Placer) Strategy() Strategy { return p.strategy }
-
-// Options returns the options in use.
-func (p *Placer) Options() Options { return p.opts }
-
 // Update adds d or takes its changed figures into account.
 func (p *Placer) Update(d *Disk) {
 	if _, ok := p.disks[d]; !ok {
