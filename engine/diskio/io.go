@@ -178,9 +178,9 @@ type IO interface {
 	OpenFile(path string, flag int, perm os.FileMode) (*File, error)
 	// Submit validates every request, then queues them all; it blocks while
 	// the IO's queue is full and never drops a request. It fails, queueing
-	// nothing, when a request is malformed or unaligned. On hot paths pass a
-	// slice the caller keeps (Submit(batch...)): a call with literal
-	// arguments, Submit(r), allocates its argument slice.
+	// nothing, when a request is malformed, unaligned or on a closed File.
+	// On hot paths pass a slice the caller keeps (Submit(batch...)): a call
+	// with literal arguments, Submit(r), allocates its argument slice.
 	Submit(reqs ...*Request) error
 	// RegisterMemory offers a slab whose buffers (unit bytes each) will be
 	// used for IO, so that the backend may register it with the kernel. It
@@ -189,7 +189,8 @@ type IO interface {
 	// Info describes the IO for logs and metrics.
 	Info() Info
 	// Close completes every queued and in-flight request, then releases the
-	// IO's resources. Submit fails with ErrClosed afterwards.
+	// IO's resources. Requests submitted afterwards complete with ErrClosed
+	// (Submit itself returns nil for them).
 	Close() error
 }
 
