@@ -27,6 +27,9 @@ type readBuf struct {
 	err    error // the read's error, or nil
 	want   int   // bytes the read asked for
 	rd     *read // the read in flight, while it is (guarded by Scheduler.mu)
+	// used says a reader took bytes of it from the read-ahead cache or by
+	// joining its read: an evicted entry that was never used was wasted.
+	used atomic.Bool
 
 	buf *mem.Buf
 	off int64 // file offset of the buffer's first byte
@@ -45,6 +48,7 @@ func (rb *readBuf) reset(b *mem.Buf, fi *fileInfo, off int64) {
 		panic(fmt.Sprintf("scheduler: read buffer %d reused with %d references", b.Index(), st&refMask))
 	}
 	rb.buf, rb.fi, rb.off, rb.n, rb.err = b, fi, off, 0, nil
+	rb.used.Store(false)
 	rb.state.Store(st&^refMask | 1)
 }
 

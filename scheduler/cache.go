@@ -9,37 +9,38 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 )
 
-// The read-ahead cache holds whole read buffers, keyed by (file, slot): in
-// read-ahead mode every disk read covers whole slots, file ranges
-// [k*B, (k+1)*B) where B is the pool's buffer size, so one pool buffer holds
-// exactly one slot and a later reader finds the slots of its extent with one
-// lookup each. An entry holds a reference on its pool buffer, which the
+// The read-ahead cache holds read buffers, keyed by (file, slot): slots are
+// the file ranges [k*B, (k+1)*B) where B is the pool's buffer size, and in
+// read-ahead mode every buffer of a read lies in one slot (a read's first
+// buffer ends at its slot's end), so a later reader finds the bytes of its
+// extent with one lookup per slot. An entry holds a reference on its pool buffer, which the
 // buffer's share counts like any other; eviction drops the reference and
 // the buffer returns to the pool as soon as no chunk still uses it. The
 // cache's capacity (ristretto's MaxCost) is in bytes of whole buffers, so it
 // bounds the pool memory the cache pins exactly, up to the few entries
 // ristretto is still admitting or evicting asynchronously.
 
-// slotEntry is a cached slot: the buffer and the generation it was filled
-// in, and what it holds.
+// slotEntry is a cached buffer: the buffer and the generation it was filled
+// in, and what it holds: file bytes [from, from+n), inside slot.
 type slotEntry struct {
 	rb   *readBuf
 	gen  uint32
 	file uint64 // FileKey hash, checked against the key on a hit
 	slot int64
-	n    int // valid bytes
+	from int64
+	n    int
 }
 
 type slotCache struct {
 	c *ristretto.Cache[uint64, slotEntry]
-	// keys are the keys put, oldest first, in a ring as long as the cache
-	// holds entries: putting a key into a full ring deletes the oldest
-	// entry first. Read-ahead is wanted by the consumers that come next,
-	// so the cache evicts first in, first out; left to itself ristretto's
-	// TinyLFU would keep the slots that served many consumers (and are
-	// done) and refuse the new ones. ristretto still bounds the cost and
-	// is the concurrent store. Guarded by Scheduler.mu.
-	keys    []uint64
+	// ring holds the entries put, oldest first, as many as the cache holds:
+	// putting into a full ring deletes the oldest entry first. Read-ahead
+	// is wanted by the consumers that come next, so the cache evicts first
+	// in, first out; left to itself ristretto's TinyLFU would keep the slots
+	// that served many consumers (and are done) and refuse the new ones.
+	// ristretto still bounds the cost and is the concurrent store. Guarded
+	// by Scheduler.mu.
+	ring    []slotEntry
 	head, n int
 }
 
@@ -62,7 +63,7 @@ func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: read-ahead cache: %w", err)
 	}
-	return &slotCache{c: c, keys: make([]uint64, entries)}, nil
+	return &slotCache{c: c, ring: make([]slotEntry, entries)}, nil
 }
 
 func slotKey(file uint64, slot int64) uint64 {
@@ -86,22 +87,35 @@ func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
 }
 
 // put offers a filled buffer to the cache, deleting the oldest entry first
-// when the cache is full. The cache takes its own reference; the caller
-// keeps its own.
-func (c *slotCache) put(e slotEntry, cost int64) {
-	if c.n == len(c.keys) {
-		c.c.Del(c.keys[c.head])
-		c.head = (c.head + 1) % len(c.keys)
-		c.n--
+// when the cache is full; it reports whether it did, and whether that entry
+// was never used. The cache takes its own reference; the caller keeps its
+// own.
+func (c *slotCache) put(e slotEntry, cost int64) (popped, wasted bool) {
+	if c.n == len(c.ring) {
+		old := c.pop()
+		// The entry is still the cache's when its buffer is still in the
+		// generation it was put in (ristretto did not drop it before).
+		popped = old.rb.gen() == old.gen
+		wasted = popped && !old.rb.used.Load()
+		c.c.Del(slotKey(old.file, old.slot))
 	}
 	e.rb.ref()
-	k := slotKey(e.file, e.slot)
-	if !c.c.Set(k, e, cost) {
+	if !c.c.Set(slotKey(e.file, e.slot), e, cost) {
 		e.rb.release() // dropped at once: the cache never saw it
-		return
+		return popped, wasted
 	}
-	c.keys[(c.head+c.n)%len(c.keys)] = k
+	c.ring[(c.head+c.n)%len(c.ring)] = e
 	c.n++
+	return popped, wasted
+}
+
+// pop takes the oldest entry off the ring.
+func (c *slotCache) pop() slotEntry {
+	e := c.ring[c.head]
+	c.ring[c.head] = slotEntry{}
+	c.head = (c.head + 1) % len(c.ring)
+	c.n--
+	return e
 }
 
 // settle waits until the cache has applied every put before it: ristretto
@@ -111,14 +125,13 @@ func (c *slotCache) settle() { c.c.Wait() }
 
 // shed deletes the oldest entries, at most n, so that live reads get the
 // buffers read-ahead holds (a buffer returns to the pool once no chunk uses
-// it either). It reports how many it deleted; deleting a key the cache no
-// longer has costs nothing.
+// it either). It reports how many it deleted; deleting an entry the cache
+// no longer has costs nothing.
 func (c *slotCache) shed(n int) int {
 	done := 0
 	for ; done < n && c.n > 0; done++ {
-		c.c.Del(c.keys[c.head])
-		c.head = (c.head + 1) % len(c.keys)
-		c.n--
+		e := c.pop()
+		c.c.Del(slotKey(e.file, e.slot))
 	}
 	return done
 }

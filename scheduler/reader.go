@@ -277,25 +277,25 @@ func (s *Scheduler) activateLocked(r *Reader, inLoop bool) bool {
 		off := e.Offset + r.extOff
 		end := min(e.Offset+e.Length, off+r.credit)
 		if s.cache != nil {
-			bb := int64(s.bufBytes)
-			slot := off / bb
-			if rb := s.inflightSlot(fi, slot); rb != nil {
-				// The slot is being read: the chunk joins that read.
+			if rb := s.inflightSlot(fi, off); rb != nil {
+				// The bytes are being read: the chunk joins that read.
 				stop := min(end, rb.off+int64(rb.want))
 				s.stats.InflightJoins++
 				s.stats.DeliveredBytes += stop - off
 				rb.ref()
+				rb.used.Store(true)
 				r.push(rb, off-rb.off, stop-rb.off)
 				rb.rd.readers = append(rb.rd.readers, r) // notified when it completes
 				continue
 			}
-			if ent, ok := s.cache.get(fi.khash, slot); ok {
-				stop := min(end, slot*bb+bb, slot*bb+int64(ent.n))
-				if stop > off {
+			if ent, ok := s.cache.get(fi.khash, off/int64(s.bufBytes)); ok {
+				if off >= ent.from && off < ent.from+int64(ent.n) {
+					stop := min(end, ent.from+int64(ent.n))
 					s.stats.CacheHits++
 					s.stats.CacheHitBytes += stop - off
 					s.stats.DeliveredBytes += stop - off
-					r.push(ent.rb, off-slot*bb, stop-slot*bb) // the chunk owns get's reference
+					ent.rb.used.Store(true)
+					r.push(ent.rb, off-ent.from, stop-ent.from) // the chunk owns get's reference
 					news = true
 					continue
 				}

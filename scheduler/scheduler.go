@@ -115,7 +115,10 @@ type Stats struct {
 	// pieces that found their slot being read and joined that read.
 	CacheHits, CacheMisses, CacheHitBytes int64
 	InflightJoins                         int64
-	Index                                 IndexCacheStats
+	// ReadAheadHolds counts the times read-ahead was held back because most
+	// of what the cache evicted had never been used.
+	ReadAheadHolds int64
+	Index          IndexCacheStats
 	// BuffersInUse is the share's count: in flight, queued to readers,
 	// held by consumers, and cached.
 	BuffersInUse int
@@ -155,12 +158,15 @@ type Scheduler struct {
 	pending   int
 	head      int64 // the sweep's position
 	sinceAged int   // reads since the last jump to an aged piece
-	seq       uint64
-	reads     []*read
-	free      []*read
-	inflight  int
-	stash     []*mem.Buf
-	bufs      []*readBuf // by pool buffer index
+	// Read-ahead usefulness: evictions and never-used evictions in the
+	// current window, and reads left without read-ahead.
+	raEvicted, raWasted, raHold int
+	seq                         uint64
+	reads                       []*read
+	free                        []*read
+	inflight                    int
+	stash                       []*mem.Buf
+	bufs                        []*readBuf // by pool buffer index
 	// inflightSlots maps the slots being read (read-ahead mode) to their
 	// buffers, so that a piece needing one joins its read.
 	inflightSlots map[uint64]*readBuf
@@ -190,6 +196,7 @@ type read struct {
 	fi         *fileInfo
 	start, end int64 // file range read
 	claimedEnd int64 // end of the last byte a reader asked for
+	firstEnd   int64 // end of the first buffer; the others are one buffer each
 	reqs       []diskio.Request
 	ptrs       []*diskio.Request
 	bufs       []*readBuf
@@ -264,10 +271,10 @@ func New(cfg Config) (*Scheduler, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	// A read spans at most MaxReadBytes, plus one buffer when its start is
-	// not buffer aligned; at least one buffer.
+	// A read spans at most MaxReadBytes: that many buffers, and one more in
+	// read-ahead mode, where the first buffer ends at its slot's end.
 	s.maxBufs = max((cfg.MaxReadBytes+bufBytes-1)/bufBytes, 1)
-	if !s.slotMode && cfg.MaxReadBytes%bufBytes != 0 {
+	if s.slotMode {
 		s.maxBufs++
 	}
 	s.maxBufs = min(s.maxBufs, cfg.Buffers.Limit())

@@ -142,15 +142,23 @@ func (s *Scheduler) plan() {
 	s.stash = s.stash[:0]
 }
 
+// firstBufEnd is where the first buffer of a read starting at start ends
+// (before capping at the read's end): one buffer further, or, in read-ahead
+// mode, at the end of start's slot, so that every buffer of the read lies in
+// one slot and can be cached under it.
+func (s *Scheduler) firstBufEnd(start int64) int64 {
+	bb := int64(s.bufBytes)
+	if s.slotMode {
+		return alignDown(start, bb) + bb
+	}
+	return start + bb
+}
+
 // readLimit is where a read starting at start must end at the latest: the
 // read size, the buffers at hand, and the file's end.
 func (s *Scheduler) readLimit(fi *fileInfo, start int64) int64 {
-	n := int64(s.cfg.MaxReadBytes)
-	if s.slotMode {
-		n = max(alignDown(n, int64(s.bufBytes)), int64(s.bufBytes))
-	}
-	n = min(n, int64(len(s.stash))*int64(s.bufBytes))
-	limit := alignDown(start+n, fi.align)
+	capacity := s.firstBufEnd(start) + int64(len(s.stash)-1)*int64(s.bufBytes)
+	limit := alignDown(min(start+int64(s.cfg.MaxReadBytes), capacity), fi.align)
 	return min(limit, alignUp(fi.size, fi.align))
 }
 
@@ -217,15 +225,44 @@ func (s *Scheduler) sweepPick(capBytes int64) (*fileInfo, int) {
 	return nil, 0
 }
 
-// slotReady reports whether the slot where it starts is in flight or
+// slotReady reports whether the byte where it starts is being read or
 // cached.
 func (s *Scheduler) slotReady(it *item) bool {
-	slot := it.off / int64(s.bufBytes)
-	if s.inflightSlot(it.fi, slot) != nil {
+	if s.inflightSlot(it.fi, it.off) != nil {
 		return true
 	}
+	slot := it.off / int64(s.bufBytes)
 	e, ok := s.cache.c.Get(slotKey(it.fi.khash, slot))
-	return ok && e.file == it.fi.khash && e.slot == slot
+	return ok && e.file == it.fi.khash && e.slot == slot && it.off >= e.from && it.off < e.from+int64(e.n)
+}
+
+// Read-ahead pays when what it keeps is used before it is evicted. When
+// more than half of the entries evicted in a window of raWindow evictions
+// were never used (the cache is too small for the streams being read
+// ahead), reads stop reading ahead for raHoldReads reads, then try again.
+const (
+	raWindow    = 64
+	raHoldReads = 1024
+)
+
+// noteEviction counts an entry the cache evicted to make room, and holds
+// read-ahead back when most evicted entries were never used.
+func (s *Scheduler) noteEviction(popped, wasted bool) {
+	if !popped {
+		return
+	}
+	s.raEvicted++
+	if wasted {
+		s.raWasted++
+	}
+	if s.raEvicted < raWindow {
+		return
+	}
+	if 2*s.raWasted > s.raEvicted {
+		s.raHold = raHoldReads
+		s.stats.ReadAheadHolds++
+	}
+	s.raEvicted, s.raWasted = 0, 0
 }
 
 // agingBatch is how many reads the sweep makes after jumping to an aged
@@ -276,11 +313,7 @@ func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 	}
 	q := &fi.q
 	first := q.items[idx]
-	unit := fi.align
-	if s.slotMode {
-		unit = int64(s.bufBytes)
-	}
-	start := alignDown(first.off, unit)
+	start := alignDown(first.off, fi.align)
 	limit := s.readLimit(fi, start)
 	gap := int64(s.cfg.MergeGapBytes)
 	claimedEnd := first.off
@@ -293,7 +326,7 @@ func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 		if it != first {
 			reach := claimedEnd + gap
 			if s.slotMode {
-				reach = max(reach, alignUp(claimedEnd, unit))
+				reach = max(reach, alignUp(claimedEnd, int64(s.bufBytes)))
 			}
 			if it.off > reach || it.off >= limit || it.off < start {
 				break
@@ -320,28 +353,34 @@ func (s *Scheduler) issueElevator(now time.Time, capBytes int64) bool {
 
 // issue submits the read of [start, end) of fi that serves s.runBuf, where
 // end covers claimedEnd (the last byte a piece needs) rounded up to the
-// alignment, or to whole slots plus the read-ahead in read-ahead mode,
-// within limit. It queues every piece's chunks to its reader, in order,
-// before the data is there: a reader hands a chunk out once its buffer is
-// filled.
+// alignment, or in read-ahead mode to the end of its slot plus
+// ReadAheadBytes (in whole slots), within limit. It queues every piece's
+// chunks to its reader, in order, before the data is there: a reader hands
+// a chunk out once its buffer is filled.
 func (s *Scheduler) issue(fi *fileInfo, start, limit, claimedEnd int64) {
+	bb := int64(s.bufBytes)
 	end := alignUp(claimedEnd, fi.align)
-	if s.slotMode {
-		b := int64(s.bufBytes)
-		end = alignUp(claimedEnd, b) + alignUp(s.cfg.ReadAheadBytes, b)
+	if s.slotMode && s.raHold == 0 {
+		end = alignUp(claimedEnd, bb) + alignUp(s.cfg.ReadAheadBytes, bb)
 	}
-	end = max(min(end, limit), alignUp(claimedEnd, fi.align))
+	if s.raHold > 0 {
+		s.raHold--
+	}
+	end = min(end, limit)
 
 	rd := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	rd.fi, rd.start, rd.end, rd.claimedEnd = fi, start, end, claimedEnd
-	bb := int64(s.bufBytes)
-	for k := 0; start+int64(k)*bb < end; k++ {
+	rd.firstEnd = min(s.firstBufEnd(start), end)
+	for k, off := 0, start; off < end; k++ {
+		n := bb
+		if k == 0 {
+			n = rd.firstEnd - start
+		}
+		n = min(n, end-off)
 		b := s.stash[len(s.stash)-1]
 		s.stash[len(s.stash)-1] = nil
 		s.stash = s.stash[:len(s.stash)-1]
-		off := start + int64(k)*bb
-		n := min(bb, end-off)
 		rb := s.bufFor(b)
 		rb.reset(b, fi, off)
 		rb.want, rb.rd = int(n), rd
@@ -353,6 +392,7 @@ func (s *Scheduler) issue(fi *fileInfo, start, limit, claimedEnd int64) {
 		rd.ptrs = append(rd.ptrs, req)
 		rd.bufs = append(rd.bufs, rb)
 		s.batch = append(s.batch, req)
+		off += n
 	}
 	rd.pending = len(rd.ptrs)
 	s.inflight++
@@ -385,13 +425,14 @@ func (s *Scheduler) issue(fi *fileInfo, start, limit, claimedEnd int64) {
 	s.runBuf = s.runBuf[:0]
 }
 
-// inflightSlot returns the buffer reading slot of fi, or nil.
-func (s *Scheduler) inflightSlot(fi *fileInfo, slot int64) *readBuf {
+// inflightSlot returns the buffer being read that holds byte off of fi, or
+// nil.
+func (s *Scheduler) inflightSlot(fi *fileInfo, off int64) *readBuf {
 	if s.inflightSlots == nil {
 		return nil
 	}
-	rb := s.inflightSlots[slotKey(fi.khash, slot)]
-	if rb == nil || rb.fi != fi || rb.off != slot*int64(s.bufBytes) {
+	rb := s.inflightSlots[slotKey(fi.khash, off/int64(s.bufBytes))]
+	if rb == nil || rb.fi != fi || off < rb.off || off >= rb.off+int64(rb.want) {
 		return nil
 	}
 	return rb
@@ -417,8 +458,12 @@ func (s *Scheduler) deliver(rd *read, p piece) {
 	r := p.r
 	bb := int64(s.bufBytes)
 	for off := p.off; off < p.end; {
-		rb := rd.bufs[(off-rd.start)/bb]
-		end := min(p.end, rb.off+bb)
+		k := 0
+		if off >= rd.firstEnd {
+			k = 1 + int((off-rd.firstEnd)/bb)
+		}
+		rb := rd.bufs[k]
+		end := min(p.end, rb.off+int64(rb.want))
 		rb.ref()
 		r.push(rb, off-rb.off, end-rb.off)
 		s.stats.DeliveredBytes += end - off
@@ -453,10 +498,11 @@ func (s *Scheduler) complete(req *diskio.Request) {
 		bb := int64(s.bufBytes)
 		put := false
 		for _, rb := range rd.bufs {
-			if rb.off+bb <= rd.claimedEnd || rb.err != nil || rb.n == 0 {
+			if rb.off+int64(rb.want) <= rd.claimedEnd || rb.err != nil || rb.n == 0 {
 				continue
 			}
-			s.cache.put(slotEntry{rb: rb, gen: rb.gen(), file: rd.fi.khash, slot: rb.off / bb, n: rb.n}, bb)
+			popped, wasted := s.cache.put(slotEntry{rb: rb, gen: rb.gen(), file: rd.fi.khash, slot: rb.off / bb, from: rb.off, n: rb.n}, bb)
+			s.noteEviction(popped, wasted)
 			put = true
 		}
 		if put {

@@ -41,12 +41,15 @@ type SchedConfig struct {
 }
 
 // DefaultSchedConfig is the shape BENCHMARKS.md quotes: 100 files × 1,000
-// subpartitions × 4 regions, 32 MiB per file (8 KiB per consumer per region).
+// subpartitions × 4 regions, 32 MiB per file (8 KiB per consumer per region);
+// staggered, 8 consumers at a time. The read-ahead cache gets half the 256
+// MiB budget: reading ahead one 256 KiB slot for each of the 400 (file,
+// region) streams the staggered consumers read takes 100 MiB.
 func DefaultSchedConfig(dir string) SchedConfig {
 	return SchedConfig{
 		Dir: dir, Files: 100, Subpartitions: 1000, Regions: 4, FileBytes: 32 << 20,
-		BufferBytes: 256 << 10, BudgetBytes: 256 << 20, MaxReadBytes: 4 << 20, Depth: 4,
-		CreditBytes: 64 << 10, Window: 50, Drainers: 2,
+		BufferBytes: 256 << 10, BudgetBytes: 256 << 20, CacheBytes: 128 << 20, MaxReadBytes: 4 << 20, Depth: 4,
+		CreditBytes: 64 << 10, Window: 8, Drainers: 2,
 	}
 }
 
