@@ -15,7 +15,7 @@ import (
 func TestSchedSmall(t *testing.T) {
 	cfg := DefaultSchedConfig(t.TempDir())
 	cfg.Files, cfg.Subpartitions, cfg.FileBytes, cfg.Window = 6, 60, 2<<20, 8
-	cfg.BufferBytes, cfg.BudgetBytes, cfg.MaxReadBytes = 64<<10, 32<<20, 512<<10
+	cfg.BufferBytes, cfg.BudgetBytes, cfg.CacheBytes, cfg.MaxReadBytes = 64<<10, 32<<20, 16<<20, 512<<10
 	rep, err := SchedRuns(context.Background(), cfg, 1, false, nil)
 	if err != nil {
 		t.Fatal(err)
