@@ -211,38 +211,23 @@ func DiskRuns(ctx context.Context, cfg DiskConfig, runs int, withFio bool, each 
 		return rep, err
 	}
 	var w, r, fw, fr, wr, rr []float64
+	rep.Bytes = cfg.Size / int64(cfg.Block) * int64(cfg.Block)
 	for i := 0; i < max(runs, 1); i++ {
-		// Odd runs let fio go first, so that neither side always follows the
-		// other's file deletion or always meets the disk's cache warm.
+		var res DiskResult
 		var fres *FioResult
-		runFio := func() error {
-			if !withFio {
-				return nil
-			}
+		err := besideFio(i, withFio, func() (err error) {
+			res, err = Disk(ctx, cfg)
+			return err
+		}, func() error {
 			f, err := FioFixed(ctx, cfg.Dir, rep.Bytes, cfg.Block, cfg.Depth, cfg.FioFixedBufs)
-			if err != nil {
-				return err
-			}
 			fres = &f
-			return nil
-		}
-		rep.Bytes = cfg.Size / int64(cfg.Block) * int64(cfg.Block)
-		if i%2 == 1 {
-			if err := runFio(); err != nil {
-				return rep, err
-			}
-		}
-		res, err := Disk(ctx, cfg)
+			return err
+		})
 		if err != nil {
 			return rep, err
 		}
 		rep.DiskResult = res
 		w, r = append(w, res.WriteMiBs), append(r, res.ReadMiBs)
-		if i%2 == 0 {
-			if err := runFio(); err != nil {
-				return rep, err
-			}
-		}
 		if fres != nil {
 			fw, fr = append(fw, fres.WriteMiBs), append(fr, fres.ReadMiBs)
 			wr, rr = append(wr, res.WriteMiBs/fres.WriteMiBs), append(rr, res.ReadMiBs/fres.ReadMiBs)

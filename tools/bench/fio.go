@@ -52,6 +52,26 @@ func FioFixed(ctx context.Context, dir string, size int64, block, depth int, fix
 	return res, nil
 }
 
+// besideFio runs ours and, when withFio is set, fio beside it: after it in
+// even runs and before it in odd ones, so that neither side always follows
+// the other's file deletion or always meets the disk's cache warm. The
+// machines are shared and noisy: running the two side by side exposes both
+// to the same noise, which a ratio per pair then cancels.
+func besideFio(run int, withFio bool, ours, fio func() error) error {
+	if withFio && run%2 == 1 {
+		if err := fio(); err != nil {
+			return err
+		}
+	}
+	if err := ours(); err != nil {
+		return err
+	}
+	if withFio && run%2 == 0 {
+		return fio()
+	}
+	return nil
+}
+
 // FioJob is one run of fio in the reference pattern every Sluice benchmark
 // compares with: one job, O_DIRECT through io_uring, sequential.
 type FioJob struct {

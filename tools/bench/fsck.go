@@ -137,33 +137,23 @@ func FsckRuns(ctx context.Context, cfg FsckConfig, runs int, withFio bool, each 
 	var fs, fr, ratios []float64
 	for i := range max(runs, 1) {
 		var run FsckRun
-		// Odd runs let fio go first, so that neither side always follows
-		// the other (DiskRuns does the same).
-		fio := func() error {
-			if !withFio {
-				return nil
+		err := besideFio(i, withFio, func() error {
+			sum, secs, err := fsckOnce(ctx, disk, &cfg)
+			if err != nil {
+				return err
 			}
+			rep.Backend, rep.Direct, rep.Jobs = sum.Backend, sum.Direct, sum.Jobs
+			run.FsckSecs = secs
+			run.FsckMiBs = float64(size) / (1 << 20) / secs
+			fs = append(fs, run.FsckMiBs)
+			return nil
+		}, func() error {
 			bw, err := fioRead(ctx, fioFile, size, cfg.FioFixedBufs)
 			run.FioReadMiBs = bw / (1 << 20)
 			return err
-		}
-		if i%2 == 1 {
-			if err := fio(); err != nil {
-				return rep, err
-			}
-		}
-		sum, secs, err := fsckOnce(ctx, disk, &cfg)
+		})
 		if err != nil {
 			return rep, err
-		}
-		rep.Backend, rep.Direct, rep.Jobs = sum.Backend, sum.Direct, sum.Jobs
-		run.FsckSecs = secs
-		run.FsckMiBs = float64(size) / (1 << 20) / secs
-		fs = append(fs, run.FsckMiBs)
-		if i%2 == 0 {
-			if err := fio(); err != nil {
-				return rep, err
-			}
 		}
 		if withFio {
 			run.Ratio = run.FsckMiBs / run.FioReadMiBs
