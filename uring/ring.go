@@ -209,14 +209,13 @@ func (r *Ring) Fd() int { return r.fd }
 // Features is the kernel's io_uring_params.features for this ring.
 func (r *Ring) Features() uint32 { return r.features }
 
-// SQEntries and CQEntries are the ring sizes the kernel granted.
+// SQEntries is the submission ring's size, as the kernel granted it.
 func (r *Ring) SQEntries() int { return len(r.sqes) }
 
 // CQEntries is the completion ring's size.
 func (r *Ring) CQEntries() int { return len(r.cqes) }
 
-// SingleIssuer and CoopTaskrun report whether those setup flags were
-// granted.
+// SingleIssuer reports whether IORING_SETUP_SINGLE_ISSUER was granted.
 func (r *Ring) SingleIssuer() bool { return r.flags&setupSingleIssuer != 0 }
 
 // CoopTaskrun reports whether IORING_SETUP_COOP_TASKRUN was granted.
