@@ -196,10 +196,15 @@ func (ic *IndexCache) Get(file FileKey, off int64, p []byte) bool {
 	return true
 }
 
-// Set caches a copy of b as the bytes of file at off.
+// Set caches a copy of b as the bytes of file at off. It returns once the
+// entry is visible (ristretto admits entries asynchronously; the lookups
+// right after a miss are the ones that matter: the next consumers of the
+// same partition read the same index block).
 func (ic *IndexCache) Set(file FileKey, off int64, b []byte) {
 	h := file.hash()
-	ic.c.Set(indexKey(h, off, len(b)), indexEntry{file: h, off: off, b: append([]byte(nil), b...)}, int64(len(b)))
+	if ic.c.Set(indexKey(h, off, len(b)), indexEntry{file: h, off: off, b: append([]byte(nil), b...)}, int64(len(b))) {
+		ic.c.Wait()
+	}
 }
 
 // Stats returns the hit and miss counts.

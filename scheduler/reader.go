@@ -22,7 +22,7 @@ type Extent = engine.Extent
 // so it may keep state across the chunks of one reader (a buffer header or
 // payload may be split between two chunks; see BufferVerifier). An error
 // fails the reader: Poll returns it and every later call returns it too.
-type VerifyFunc func(c *Chunk) error
+type VerifyFunc func(c Chunk) error
 
 // ReaderConfig describes a reader.
 type ReaderConfig struct {
@@ -417,7 +417,7 @@ func (r *Reader) Poll() (Chunk, error) {
 	}
 	r.mu.Unlock()
 	if r.verify != nil {
-		if err := r.verify(&out); err != nil {
+		if err := r.verify(out); err != nil {
 			out.Release()
 			return Chunk{}, r.fail(err)
 		}

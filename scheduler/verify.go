@@ -35,7 +35,7 @@ func NewBufferVerifier(extents []Extent, start, end uint32) *BufferVerifier {
 }
 
 // Verify checks the next chunk of the reader.
-func (v *BufferVerifier) Verify(c *Chunk) error {
+func (v *BufferVerifier) Verify(c Chunk) error {
 	base := v.extents[c.Extent].Offset + c.Offset // file offset of c.Data
 	data := c.Data
 	for len(data) > 0 {
