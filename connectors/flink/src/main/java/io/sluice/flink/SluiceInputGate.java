@@ -743,6 +743,16 @@ public class SluiceInputGate extends IndexedInputGate implements PartitionReader
         }
     }
 
+    /** Every channel's state, for errors and debugging. */
+    public String state() {
+        StringBuilder b = new StringBuilder(toString()).append(": finished ").append(finishedChannels).append(", open ").append(open)
+                .append(", ready ").append(ready.size()).append(", out free ").append(outFree.size()).append(", ring free ").append(ringFree.size());
+        for (ChannelState c : channels) {
+            b.append("\n  ").append(c.index).append(c.done ? " done " : " ").append(c.reader == null ? "not open" : c.reader.state());
+        }
+        return b.toString();
+    }
+
     @Override
     public String toString() {
         return "SluiceInputGate " + owningTaskName + " gate " + gateIndex + " of " + consumedResultId + " (" + channels.length + " channels)";

@@ -378,6 +378,12 @@ public final class PartitionReader implements ChannelListener {
         listener.onReaderAvailable(this);
     }
 
+    /** The reader's counters, for errors and debugging. */
+    public synchronized String state() {
+        return String.format("%s: channel %d, received %d, taken %d, granted %d, total %d, items %d (%d ready), ended %s, failure %s",
+                name, id, writePos, readPos, granted, total, itemsReceived, completeItems, ended, failure);
+    }
+
     /** A reusable holder of one item, grown on demand. */
     public static final class ItemBuffer {
         final byte[] head = new byte[Wire.SEGMENT_HEADER_SIZE];
