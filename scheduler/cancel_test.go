@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -209,4 +211,43 @@ func TestStress(t *testing.T) {
 			t.Logf("%+v", st)
 		})
 	}
+}
+
+// TestReadErrors: reads of one file fail with EIO; its readers end with an
+// error naming the extent and wrapping EIO, readers of another file go on,
+// and every buffer comes back.
+func TestReadErrors(t *testing.T) {
+	e := newEnv(t, envConfig{wrap: func(inner diskio.IO) diskio.IO {
+		f := diskio.NewFaulty(inner)
+		f.Inject(diskio.Rule{Op: diskio.OpRead, Path: "f001", Err: syscall.EIO})
+		return f
+	}})
+	good, bad := e.file(1<<20), e.file(1<<20)
+	s := e.sched(Config{})
+	xg := []Extent{{File: good, Offset: 0, Length: 1 << 20}}
+	xb := []Extent{{File: bad, Offset: 4096, Length: 100000}}
+	rg, _ := s.Register(ReaderConfig{Extents: xg})
+	rb, _ := s.Register(ReaderConfig{Extents: xb})
+	rb.AddCredit(1 << 20)
+	_, err := rb.Next(context.Background())
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "extent 0") {
+		t.Fatalf("reader of the failing file: %v", err)
+	}
+	if _, again := rb.Poll(); !errors.Is(again, syscall.EIO) {
+		t.Errorf("Poll after the failure: %v", again)
+	}
+	if _, err := e.drain(context.Background(), rg, xg, 64<<10); err != nil {
+		t.Fatalf("reader of the good file: %v", err)
+	}
+	waitFor(t, "buffers back", func() bool { return s.Stats().InFlight == 0 && e.share.InUse() <= s.cacheBuffers() })
+}
+
+// cacheBuffers is how many buffers the read-ahead cache holds.
+func (s *Scheduler) cacheBuffers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cache == nil {
+		return 0
+	}
+	return s.cache.n
 }

@@ -69,23 +69,25 @@ type Config struct {
 	// Depth is the number of reads in flight (default 4).
 	Depth int
 	// Deadline bounds how long a pending piece waits while others are
-	// served (default 500 ms): the oldest piece past it is read next,
-	// wherever the sweep is.
+	// served (default 500 ms): the sweep jumps to the oldest piece once it
+	// has waited this long (looking every 16 reads).
 	Deadline time.Duration
-	// CacheBytes is the read-ahead budget: bytes of whole pool buffers the
-	// cache may pin, out of the Buffers share. Zero means a quarter of the
-	// share; negative turns read-ahead off. At most half of the share.
+	// CacheBytes is the read-ahead budget: bytes of pool buffers the cache
+	// may pin, out of the Buffers share. Zero means a quarter of the share;
+	// negative turns read-ahead off. At most half of the share. Read-ahead
+	// pays when it holds about one buffer for every (file, region) that
+	// consumers read at a time; with less, it holds itself back.
 	CacheBytes int64
-	// ReadAheadBytes extends every read past the slot holding the last byte
-	// its readers need by this much (rounded up to whole slots), for
-	// readers yet to come. With read-ahead on, reads always cover whole
-	// slots, which by itself keeps up to one slot per read; zero adds
-	// nothing to that.
+	// ReadAheadBytes extends reads further, past the end of the slot that
+	// holds the last byte their readers need (rounded up to whole slots).
+	// Zero: reads end with that slot, which is read-ahead enough when
+	// consumers come in subpartition order.
 	ReadAheadBytes int64
 	// IndexCacheBytes is the budget of the index-block cache (default 16
 	// MiB of heap, outside the pool); negative: no index cache.
 	IndexCacheBytes int64
-	// Trace records every read issued (see Trace).
+	// Trace records every read issued (see Trace), for benchmarks and
+	// tests: the record grows until Trace is called.
 	Trace bool
 	// NoFiemap orders files by (file, offset) even where FIEMAP works.
 	NoFiemap bool
