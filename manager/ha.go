@@ -88,8 +88,10 @@ func (s *Server) campaign(ctx context.Context) error {
 	err = el.Campaign(campaignCtx, s.self.ManagerId)
 	stopCampaign()
 	if err != nil {
+		// Revoke on every failure: a session left open keeps its lease alive,
+		// and with it an election key that would block every later campaign.
+		revoke()
 		if ctx.Err() != nil {
-			revoke()
 			return nil
 		}
 		return fmt.Errorf("campaign: %w", err)
