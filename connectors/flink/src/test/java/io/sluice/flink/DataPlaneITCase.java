@@ -215,6 +215,14 @@ class DataPlaneITCase {
         RANGE_DESC = d0;
     }
 
+    @Test
+    void oneSubpartition() throws Exception {
+        SluiceShuffleDescriptor d = descriptor(4, 0, 4);
+        Map<Integer, List<String>> w = produce(d, 32, 5, 2_000, false);
+        same(w.getOrDefault(3, List.of()), consume(new SluiceShuffleDescriptor[] {d}, 3, 4, new ArrayList<>()).get(0));
+        same(w.getOrDefault(0, List.of()), consume(new SluiceShuffleDescriptor[] {d}, 0, 1, new ArrayList<>()).get(0));
+    }
+
     static Map<Integer, List<String>> RANGE_SOURCE;
     static SluiceShuffleDescriptor RANGE_DESC;
 
