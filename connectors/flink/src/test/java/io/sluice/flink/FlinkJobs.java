@@ -47,7 +47,7 @@ final class FlinkJobs {
         c.set(TaskManagerOptions.NETWORK_MEMORY_MIN, MemorySize.parse("256m"));
         c.set(TaskManagerOptions.NETWORK_MEMORY_MAX, MemorySize.parse("256m"));
         c.set(RestartStrategyOptions.RESTART_STRATEGY, "fixed-delay");
-        c.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_ATTEMPTS, 20);
+        c.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_ATTEMPTS, 100);
         c.set(RestartStrategyOptions.RESTART_STRATEGY_FIXED_DELAY_DELAY, Duration.ofMillis(300));
         return c;
     }
@@ -83,7 +83,8 @@ final class FlinkJobs {
      */
     static void wordCount(StreamExecutionEnvironment env, String run, long lines, int parallelism) {
         RESULTS.put(run, new ConcurrentHashMap<>());
-        DataStream<Long> ids = env.fromSequence(0, lines - 1).setParallelism(2).name("ids");
+        DataStream<Long> ids = env.fromSequence(0, lines - 1).setParallelism(2).name("ids")
+                .map(new Tag<Long>(run, "ids")).setParallelism(2).name("ids-tag");
         ids.broadcast()
                 .map(new LineMaker(run)).setParallelism(parallelism).name("lines")
                 .flatMap((FlatMapFunction<String, Tuple2<String, Long>>) (l, out) -> {
@@ -111,15 +112,46 @@ final class FlinkJobs {
         }
 
         @Override
-        public void open(org.apache.flink.api.common.functions.OpenContext ctx) {
+        public void open(org.apache.flink.api.common.functions.OpenContext ctx) throws Exception {
             recordAttempt(run, "lines", getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(),
                     getRuntimeContext().getTaskInfo().getAttemptNumber());
+            java.util.concurrent.CountDownLatch hold = HOLD.get(run);
+            if (hold != null && getRuntimeContext().getTaskInfo().getAttemptNumber() == 0) {
+                // The test kills a worker while the first consumers wait here.
+                hold.await();
+            }
         }
 
         @Override
         public String map(Long id) {
             int n = getRuntimeContext().getTaskInfo().getNumberOfParallelSubtasks();
             return id % n == getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() ? line(id) : "";
+        }
+    }
+
+    /** Consumers of the broadcast edge wait on this (first attempt only) when a test sets it. */
+    static final Map<String, java.util.concurrent.CountDownLatch> HOLD = new ConcurrentHashMap<>();
+
+    /** Records the attempts of the task it is chained into. */
+    static final class Tag<T> extends RichMapFunction<T, T> {
+        private static final long serialVersionUID = 1L;
+        final String run;
+        final String vertex;
+
+        Tag(String run, String vertex) {
+            this.run = run;
+            this.vertex = vertex;
+        }
+
+        @Override
+        public void open(org.apache.flink.api.common.functions.OpenContext ctx) {
+            recordAttempt(run, vertex, getRuntimeContext().getTaskInfo().getIndexOfThisSubtask(),
+                    getRuntimeContext().getTaskInfo().getAttemptNumber());
+        }
+
+        @Override
+        public T map(T v) {
+            return v;
         }
     }
 
