@@ -395,9 +395,9 @@ func (s *stream) commitReserved() error {
 func (s *stream) cancelReserved() {
 	s.resv = 0
 	if s.next != nil {
-		s.spares = append(s.spares, s.next)
-		s.spareCount.Store(int32(len(s.spares)))
+		s.addSpare(s.next)
 		s.next = nil
+		s.trimSpares()
 	}
 }
 

@@ -519,28 +519,43 @@ func dropCaches() error {
 	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
 }
 
-// EngineRuns runs Engine runs times, each time after fio's sequential
-// write of the same size on the same directory when withFio is set (the
-// machines are noisy: each run's ratios compare neighbours), then the
-// recovery measurement, and reports medians. each, when set, sees every
-// run.
+// EngineRuns runs Engine runs times, each time beside fio's sequential
+// write of the same size on the same directory when withFio is set (before
+// it in even runs, after it in odd ones; the machines are noisy: each run's
+// ratios compare neighbours), then the recovery measurement, and reports
+// medians. each, when set, sees every run.
 func EngineRuns(ctx context.Context, cfg EngineConfig, runs int, withFio bool, each func(EngineResult, *FioResult)) (EngineReport, error) {
 	c := cfg.withDefaults()
 	var rep EngineReport
 	var mw, rw, cp50, cp99, mp50, mp99, fw, mr, rr []float64
-	for range max(runs, 1) {
+	for i := range max(runs, 1) {
 		var fres *FioResult
-		if withFio {
+		fio := func() error {
+			if !withFio {
+				return nil
+			}
 			f, err := Fio(ctx, c.Dir, c.Size, 1<<20, 16)
 			if err != nil {
-				return rep, err
+				return err
 			}
 			fres = &f
 			fw = append(fw, f.WriteMiBs)
+			return nil
+		}
+		// The two sides alternate which goes first.
+		if i%2 == 0 {
+			if err := fio(); err != nil {
+				return rep, err
+			}
 		}
 		res, err := Engine(ctx, c)
 		if err != nil {
 			return rep, err
+		}
+		if i%2 == 1 {
+			if err := fio(); err != nil {
+				return rep, err
+			}
 		}
 		rep.EngineResult = res
 		mw, rw = append(mw, res.MapWriteMiBs), append(rw, res.ReduceWriteMiBs)
