@@ -284,9 +284,27 @@ func TestDedup(t *testing.T) {
 					t.Fatalf("push %+v: dup %v, err %v", p, dup, err)
 				}
 			}
+			// Held is where a retried push channel continues.
+			var held uint32
+			for _, p := range c.pushes {
+				if p.m == c.commit[0] && p.a == c.commit[1] && p.err == nil && !p.dup {
+					held++
+				}
+			}
+			if n, b := rp.Held(c.commit[0], c.commit[1]); n != held || b != uint64(held)*100 {
+				t.Fatalf("Held: %d segments, %d bytes; want %d", n, b, held)
+			}
 			err = rp.Commit(ctx, c.commit[0], c.commit[1], c.commit[2])
 			if !errors.Is(err, c.cerr) || (c.cerr == nil && err != nil) {
 				t.Fatalf("commit %v: %v, want %v", c.commit, err, c.cerr)
+			}
+			if err == nil {
+				if _, err := rp.Finalize(ctx); err != nil || !rp.Finalized() {
+					t.Fatalf("finalize: %v", err)
+				}
+				if n, _ := rp.Held(c.commit[0], c.commit[1]); n != c.commit[2] {
+					t.Fatalf("Held after finalize: %d, want %d", n, c.commit[2])
+				}
 			}
 		})
 	}

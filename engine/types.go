@@ -138,7 +138,9 @@ const (
 	EventPartitionLost
 	// EventMapsLost: an open ReducePartition lost the committed segments of
 	// the producers in LostMaps (a crash before finalize); exactly those
-	// producers must run again.
+	// producers must run again. Such losses are found only by recovery,
+	// which lists them in RecoveryReport (RecoveredPartition.LostMaps);
+	// the engine does not emit this event today.
 	EventMapsLost
 	// EventDiskFull: the disk ran out of space and takes no new partitions.
 	EventDiskFull
