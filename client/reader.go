@@ -298,6 +298,9 @@ func (r *Reader) channelFailed(src *readSource, err error) error {
 		return fmt.Errorf("client: reading %v from worker %s: gave up retrying: %w", ref, src.s.addr, err)
 	}
 	// Retry after a pause (NOT_READY: a ReducePartition being finalized).
+	if !errors.Is(err, wire.CodeNotReady) {
+		r.d.j.c.log.Warn("client: read channel failed; reopening it", "partition", ref, "worker", src.s.addr, "err", err)
+	}
 	src.ch = nil
 	src.retryAt = now.Add(50 * time.Millisecond)
 	r.stats.Retries++

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -47,19 +46,6 @@ func bufferFrame(sub uint32, data []byte) []byte {
 	h := wire.BufferHeader{Subpartition: sub, Codec: wire.CodecNone, PayloadLength: uint32(len(payload)),
 		UncompressedLength: uint32(len(payload)), PayloadCRC: wire.Checksum(payload)}
 	if err := wire.PutBufferHeader(frame[wire.HeaderSize:], &h); err != nil {
-		panic(err)
-	}
-	return frame
-}
-
-// segmentFrame builds a PUSH_DATA frame holding one record.
-func segmentFrame(mapIndex, attempt, seq uint32, data []byte) []byte {
-	payload := wire.AppendRecord(nil, data)
-	frame := make([]byte, wire.HeaderSize+wire.SegmentHeaderSize+len(payload))
-	copy(frame[wire.HeaderSize+wire.SegmentHeaderSize:], payload)
-	h := wire.SegmentHeader{Map: mapIndex, Attempt: attempt, Seq: seq, Codec: wire.CodecNone, PayloadLength: uint32(len(payload)),
-		UncompressedLength: uint32(len(payload)), PayloadCRC: wire.Checksum(payload)}
-	if err := wire.PutSegmentHeader(frame[wire.HeaderSize:], &h); err != nil {
 		panic(err)
 	}
 	return frame
@@ -174,14 +160,6 @@ func openMapRead(t testing.TB, c *transport.Conn, s mapSpec, lo, hi uint32, wind
 		t.Fatal(err)
 	}
 	return r
-}
-
-func remoteCode(err error) wire.Code {
-	var re *transport.RemoteError
-	if errors.As(err, &re) {
-		return re.Code
-	}
-	return 0
 }
 
 // waitFor polls cond until it holds or the deadline passes.
