@@ -192,12 +192,23 @@ func fields(settings any) []field {
 	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
 		panic("config: settings must be a pointer to a struct")
 	}
-	v = v.Elem()
+	return structFields(v.Elem())
+}
+
+// structFields lists the keyed fields of a struct value; an exported struct
+// field tagged `yaml:",inline"` contributes its own fields at the same level
+// (one file, one set of flags and variables for settings shared by
+// several commands).
+func structFields(v reflect.Value) []field {
 	t := v.Type()
 	var fs []field
 	for i := 0; i < t.NumField(); i++ {
 		sf := t.Field(i)
-		key, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		key, opts, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		if key == "" && opts == "inline" && sf.IsExported() && sf.Type.Kind() == reflect.Struct {
+			fs = append(fs, structFields(v.Field(i))...)
+			continue
+		}
 		if key == "" || key == "-" || !sf.IsExported() {
 			continue
 		}

@@ -130,3 +130,39 @@ func TestBytesIsAFlagValue(t *testing.T) {
 		t.Fatal("--size lots accepted")
 	}
 }
+
+// TestInline: an inline struct's keys are keys of the outer settings, in
+// files, variables, flags and dumps alike.
+func TestInline(t *testing.T) {
+	type outer struct {
+		Inner settings `yaml:",inline"`
+		Extra int      `yaml:"extra"`
+	}
+	s := outer{Inner: defaults(), Extra: 1}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	f := Bind(fs, "TEST", &s)
+	t.Setenv("TEST_EXTRA", "5")
+	if err := fs.Parse([]string{"--count", "9"}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("listen: :2\nextra: 4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if s.Inner.Listen != ":2" || s.Inner.Count != 9 || s.Extra != 5 {
+		t.Fatalf("got %+v", s)
+	}
+	if err := DecodeYAML("c.yaml", []byte("inner: {}\n"), &s); err == nil || !strings.Contains(err.Error(), `"inner"`) {
+		t.Fatalf("the inline field's own name is a key: %v", err)
+	}
+	out, err := Dump(&s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "listen: :2") || !strings.Contains(string(out), "extra: 5") {
+		t.Fatalf("dump:\n%s", out)
+	}
+}

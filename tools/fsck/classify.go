@@ -59,10 +59,10 @@ func (c *checker) checkFile(ctx context.Context, rd *reader, e *entry) {
 	}, func(n int64) {
 		streamed += n
 		c.bytes.Add(n)
-		c.prog.done(n)
+		c.prog.Done(n)
 	})
 	// The bar counts the whole file, read or not.
-	c.prog.done(r.Size - streamed)
+	c.prog.Done(r.Size - streamed)
 	r.Size = size
 	var ioe *ioError
 	if errors.As(err, &ioe) {

@@ -14,7 +14,7 @@ import (
 	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/layout"
 	"github.com/sluice-shuffle/sluice/manager/config"
-	"golang.org/x/sys/unix"
+	"github.com/sluice-shuffle/sluice/tools/progress"
 )
 
 // Exit statuses of Main.
@@ -95,8 +95,8 @@ or IO error. A progress bar goes to stderr when it is a terminal.`)
 		return usageErr("name at least one disk directory or file")
 	}
 
-	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
-		opts.Progress = stderr
+	if f, ok := stderr.(*os.File); ok {
+		opts.Progress = progress.Terminal(f)
 	}
 	var rep Reporter = &TextReporter{W: stdout}
 	if *asJSON {
@@ -174,10 +174,4 @@ func runRestore(qdir string, only []string, asJSON bool, stdout, stderr io.Write
 		return ExitError
 	}
 	return ExitClean
-}
-
-// isTerminal reports whether f is a terminal (TCGETS succeeds on it).
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }

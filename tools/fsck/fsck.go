@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/engine/mem"
 	"github.com/sluice-shuffle/sluice/layout"
+	"github.com/sluice-shuffle/sluice/tools/progress"
 )
 
 // Defaults of Options. Reads of 4 MiB, four in flight per file, are the
@@ -216,9 +217,9 @@ func Check(ctx context.Context, paths []string, opts Options, report func(*Resul
 	if err != nil {
 		return Summary{}, err
 	}
-	c.prog.start()
+	c.prog.Start()
 	c.verify(ctx, units, report)
-	c.prog.finish()
+	c.prog.Finish()
 
 	s := &c.sum
 	s.Type = "summary"
@@ -244,7 +245,7 @@ type checker struct {
 	pool   *mem.Pool
 	meta   *reader   // reads IDENTITY and COMMITLOG files, on the calling goroutine
 	work   []*reader // one per job
-	prog   *progress
+	prog   *progress.Bar
 	bytes  atomic.Int64
 	sum    Summary
 	qdir   string
@@ -299,7 +300,7 @@ func newChecker(opts Options) (*checker, error) {
 	for range c.jobs {
 		c.work = append(c.work, newReader(c.ios, c.pool, c.depth))
 	}
-	c.prog = newProgress(opts.Progress)
+	c.prog = progress.New(opts.Progress, "fsck")
 	return c, nil
 }
 
@@ -351,7 +352,7 @@ func (c *checker) verify(ctx context.Context, units []*unit, report func(*Result
 	}()
 	emit := func(e *entry) {
 		c.sum.count(&e.res)
-		c.prog.pause(func() { report(&e.res) })
+		c.prog.Pause(func() { report(&e.res) })
 	}
 	for _, u := range units {
 		if u.disk != nil {

@@ -719,28 +719,3 @@ func TestTail(t *testing.T) {
 		}
 	}
 }
-
-func TestProgress(t *testing.T) {
-	if got := progressLine(512<<20, 2<<30, 1e9); !strings.Contains(got, " 25% 512.0 MiB / 2.0 GiB  512.0 MiB/s  ETA 3s") {
-		t.Errorf("progress line %q", got)
-	}
-	var buf bytes.Buffer
-	p := newProgress(&buf)
-	p.add(100)
-	p.start()
-	p.done(50)
-	p.mu.Lock()
-	p.drawLocked()
-	p.mu.Unlock()
-	p.pause(func() { buf.WriteString("a result\n") })
-	p.finish()
-	if s := buf.String(); !strings.Contains(s, "50%") || !strings.Contains(s, "\r\x1b[Ka result\n\r\x1b[Kfsck [") || !strings.HasSuffix(s, "\r\x1b[K") {
-		t.Errorf("progress output %q", s)
-	}
-	// No terminal, no bar: the command passes nil.
-	var nilp *progress
-	nilp.add(1)
-	nilp.start()
-	nilp.pause(func() {})
-	nilp.finish()
-}

@@ -98,7 +98,7 @@ func (c *checker) plan(ctx context.Context, paths []string) ([]*unit, error) {
 		case st.Mode().IsRegular():
 			e := newEntry(Result{Path: clean, Kind: kindOfName(filepath.Base(clean)), Size: st.Size()})
 			e.path = clean
-			c.prog.add(st.Size())
+			c.prog.Add(st.Size())
 			units = append(units, &unit{entries: []*entry{e}})
 		default:
 			units = append(units, &unit{entries: []*entry{finished(Result{Path: p, Kind: KindPath, Status: StatusError,
@@ -212,7 +212,7 @@ func (c *checker) planDisk(ctx context.Context, dir, abs string) (*unit, error) 
 			e := newEntry(r)
 			e.path, e.disk, e.parsed = r.Path, d, pp
 			files = append(files, e)
-			c.prog.add(r.Size)
+			c.prog.Add(r.Size)
 		default:
 			r.Kind, r.Status, r.What = KindOther, StatusOther, "not a Sluice file name; left alone"
 			files = append(files, finished(r))

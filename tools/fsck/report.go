@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/sluice-shuffle/sluice/layout"
+	"github.com/sluice-shuffle/sluice/tools/progress"
 )
 
 // Reporter prints results as Check produces them, then the summary.
@@ -132,7 +133,7 @@ func FormatSummary(s *Summary) string {
 	if s.Direct {
 		mode = "O_DIRECT"
 	}
-	fmt.Fprintf(&b, "; %s verified in %.2fs (%.0f MiB/s; %s, %s, %d jobs)", sizeText(s.Bytes), s.Seconds, s.MiBs, s.Backend, mode, s.Jobs)
+	fmt.Fprintf(&b, "; %s verified in %.2fs (%.0f MiB/s; %s, %s, %d jobs)", progress.Size(s.Bytes), s.Seconds, s.MiBs, s.Backend, mode, s.Jobs)
 	if s.QuarantineDir != "" {
 		fmt.Fprintf(&b, "; %d moved to %s, %d released", s.Quarantined, s.QuarantineDir, s.Released)
 	}

@@ -1,22 +1,29 @@
-package fsck
+// Package progress draws a one-line progress bar on a terminal for the
+// sluice commands that run long (fsck, demo): work done of the total, the
+// rate so far and the time left, rewritten in place.
+package progress
 
 import (
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // progressInterval is how often the bar is redrawn.
 const progressInterval = 250 * time.Millisecond
 
-// progress draws a one-line progress bar (bytes verified of the total, rate,
-// ETA) on a terminal, rewriting it in place. Results printed meanwhile go
-// through pause, which clears the bar first so that lines do not mix. A nil
-// *progress does nothing but still runs pause's function.
-type progress struct {
+// Bar is a one-line progress bar (bytes done of the total, rate, ETA) on a
+// terminal, rewritten in place. Lines printed meanwhile go through Pause,
+// which clears the bar first so that lines do not mix. A nil *Bar does
+// nothing but still runs Pause's function.
+type Bar struct {
 	w      io.Writer
+	label  string
 	total  atomic.Int64
 	bytes  atomic.Int64
 	began  time.Time
@@ -26,26 +33,39 @@ type progress struct {
 	exited chan struct{}
 }
 
-func newProgress(w io.Writer) *progress {
+// New returns a bar drawn on w with a label, or nil (no bar) when w is nil.
+func New(w io.Writer, label string) *Bar {
 	if w == nil {
 		return nil
 	}
-	return &progress{w: w}
+	return &Bar{w: w, label: label}
 }
 
-func (p *progress) add(n int64) {
+// Terminal returns f when it is a terminal, else nil: the writer to give
+// New so that a bar is drawn only where someone watches.
+func Terminal(f *os.File) io.Writer {
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return nil
+	}
+	return f
+}
+
+// Add adds n to the total.
+func (p *Bar) Add(n int64) {
 	if p != nil {
 		p.total.Add(n)
 	}
 }
 
-func (p *progress) done(n int64) {
+// Done counts n more done.
+func (p *Bar) Done(n int64) {
 	if p != nil && n > 0 {
 		p.bytes.Add(n)
 	}
 }
 
-func (p *progress) start() {
+// Start draws the bar every quarter second until Finish.
+func (p *Bar) Start() {
 	if p == nil {
 		return
 	}
@@ -68,8 +88,8 @@ func (p *progress) start() {
 	}()
 }
 
-// finish stops the bar and clears its line.
-func (p *progress) finish() {
+// Finish stops the bar and clears its line.
+func (p *Bar) Finish() {
 	if p == nil || p.stop == nil {
 		return
 	}
@@ -80,9 +100,9 @@ func (p *progress) finish() {
 	p.mu.Unlock()
 }
 
-// pause runs fn (which prints) with the bar cleared, and draws the bar
+// Pause runs fn (which prints) with the bar cleared, and draws the bar
 // again below what fn printed.
-func (p *progress) pause(fn func()) {
+func (p *Bar) Pause(fn func()) {
 	if p == nil {
 		fn()
 		return
@@ -97,7 +117,7 @@ func (p *progress) pause(fn func()) {
 	}
 }
 
-func (p *progress) clearLocked() {
+func (p *Bar) clearLocked() {
 	if p.shown {
 		// Carriage return, then erase to the end of the line (ECMA-48 EL).
 		fmt.Fprint(p.w, "\r\x1b[K")
@@ -105,14 +125,14 @@ func (p *progress) clearLocked() {
 	}
 }
 
-func (p *progress) drawLocked() {
-	fmt.Fprint(p.w, "\r\x1b[K"+progressLine(p.bytes.Load(), p.total.Load(), time.Since(p.began)))
+func (p *Bar) drawLocked() {
+	fmt.Fprint(p.w, "\r\x1b[K"+Line(p.label, p.bytes.Load(), p.total.Load(), time.Since(p.began)))
 	p.shown = true
 }
 
-// progressLine renders the bar: done of total bytes, the rate so far, and
+// Line renders the bar: label, done of total bytes, the rate so far, and
 // the time left at that rate.
-func progressLine(done, total int64, elapsed time.Duration) string {
+func Line(label string, done, total int64, elapsed time.Duration) string {
 	const width = 30
 	frac := 1.0
 	if total > 0 {
@@ -138,11 +158,11 @@ func progressLine(done, total int64, elapsed time.Duration) string {
 	if rate > 0 && total >= done {
 		eta = time.Duration(float64(total-done) / rate * float64(time.Second)).Round(time.Second).String()
 	}
-	return fmt.Sprintf("fsck [%s] %3.0f%% %s / %s  %s/s  ETA %s", bar, 100*frac, sizeText(done), sizeText(total), sizeText(int64(rate)), eta)
+	return fmt.Sprintf("%s [%s] %3.0f%% %s / %s  %s/s  ETA %s", label, bar, 100*frac, Size(done), Size(total), Size(int64(rate)), eta)
 }
 
-// sizeText prints a byte count in binary units.
-func sizeText(n int64) string {
+// Size prints a byte count in binary units.
+func Size(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
