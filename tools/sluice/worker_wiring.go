@@ -41,7 +41,7 @@ const (
 type workerConfig struct {
 	DataDirs      []string `yaml:"data-dirs" help:"data directories, one per disk, each optionally tagged [ssd] or [hdd], e.g. [ssd]/data/1,/data/2 (required)"`
 	Listen        string   `yaml:"listen" help:"data-plane listen address (host:port)"`
-	Advertise     string   `yaml:"advertise" help:"data address announced to the manager (default: this host's name and the listen port)"`
+	Advertise     string   `yaml:"advertise" help:"data address announced to the manager (default: this host's name and the listen port; port 0: the listen port)"`
 	MetricsListen string   `yaml:"metrics-listen" help:"HTTP address for /metrics, /healthz, /readyz (empty: disabled)"`
 
 	Managers      []string `yaml:"managers" help:"manager addresses host:port (comma-separated); empty, with no etcd either: no manager (clients use a static worker list)"`
@@ -243,10 +243,13 @@ func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *wo
 		if w.util, err = agent.NewDiskUtilization("", ""); err != nil {
 			log.Warn("sluice worker: no disk utilization figures", "err", err)
 		}
+		// No address: this host's name; port 0: the port listened on.
+		_, port, _ := net.SplitHostPort(w.lis.Addr().String())
 		adv := cfg.Advertise
 		if adv == "" {
-			_, port, _ := net.SplitHostPort(w.lis.Addr().String())
 			adv = net.JoinHostPort(host, port)
+		} else if h, p, err := net.SplitHostPort(adv); err == nil && p == "0" {
+			adv = net.JoinHostPort(h, port)
 		}
 		a, err := agent.New(agent.Config{WorkerID: w.store.WorkerID().String(), Version: version, DataAddress: adv,
 			Managers: api.FollowerConfig{Managers: cfg.Managers, EtcdEndpoints: cfg.EtcdEndpoints, EtcdRoot: cfg.EtcdRoot, Cluster: cfg.ClusterID, Logger: log},
