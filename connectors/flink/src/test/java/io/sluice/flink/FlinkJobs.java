@@ -102,6 +102,48 @@ final class FlinkJobs {
                 .addSink(new ResultSink(run)).setParallelism(parallelism).name("results");
     }
 
+    /** Parallelism the operators ran with (run/vertex → subtasks), as decided by the adaptive scheduler. */
+    static final Map<String, Integer> PARALLELISM = new ConcurrentHashMap<>();
+
+    /** WordCount without fixed parallelism (but for the source): the adaptive batch scheduler decides. */
+    static void wordCountAdaptive(StreamExecutionEnvironment env, String run, long lines) {
+        RESULTS.put(run, new ConcurrentHashMap<>());
+        env.fromSequence(0, lines - 1).setParallelism(4).name("ids")
+                .flatMap((FlatMapFunction<Long, Tuple2<String, Long>>) (id, out) -> {
+                    for (String w : line(id).split(" ")) {
+                        out.collect(Tuple2.of(w, 1L));
+                    }
+                })
+                .returns(org.apache.flink.api.common.typeinfo.Types.TUPLE(org.apache.flink.api.common.typeinfo.Types.STRING,
+                        org.apache.flink.api.common.typeinfo.Types.LONG))
+                .setParallelism(4).name("words")
+                .keyBy(t -> t.f0)
+                .sum(1).name("counts")
+                .map(new ParallelismProbe<>(run, "counts")).name("probe")
+                .addSink(new ResultSink(run)).name("results");
+    }
+
+    static final class ParallelismProbe<T> extends RichMapFunction<T, T> {
+        private static final long serialVersionUID = 1L;
+        final String run;
+        final String vertex;
+
+        ParallelismProbe(String run, String vertex) {
+            this.run = run;
+            this.vertex = vertex;
+        }
+
+        @Override
+        public void open(org.apache.flink.api.common.functions.OpenContext ctx) {
+            PARALLELISM.put(run + "/" + vertex, getRuntimeContext().getTaskInfo().getNumberOfParallelSubtasks());
+        }
+
+        @Override
+        public T map(T v) {
+            return v;
+        }
+    }
+
     /** Keeps the broadcast ids of its own subtask and turns them into lines (null stands for "not mine"). */
     static final class LineMaker extends RichMapFunction<Long, String> {
         private static final long serialVersionUID = 1L;
