@@ -14,6 +14,7 @@ import (
 	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/manager"
 	"github.com/sluice-shuffle/sluice/manager/config"
+	"github.com/sluice-shuffle/sluice/scheduler"
 )
 
 const localEnvPrefix = "SLUICE_LOCAL"
@@ -32,6 +33,8 @@ type localConfig struct {
 	IOBackend     string       `yaml:"io-backend" help:"disk IO of the workers: auto, uring, pool or buffered"`
 	ReserveBytes  config.Bytes `yaml:"reserve" help:"free space below which a disk takes no new partitions"`
 	LogLevel      string       `yaml:"log-level" help:"debug, info, warn or error"`
+
+	traceReads bool // the workers' schedulers record their reads (replay)
 }
 
 func defaultLocalConfig() localConfig {
@@ -87,6 +90,7 @@ func (c *localConfig) workerConfig(i int, managerAddr string) workerConfig {
 	wc.PoolSize, wc.BufferSize, wc.IOBackend, wc.ReserveBytes = c.PoolSize, c.BufferSize, c.IOBackend, c.ReserveBytes
 	wc.ShutdownTimeout = 5 * time.Second
 	wc.LogLevel = c.LogLevel
+	wc.traceReads = c.traceReads
 	return wc
 }
 
@@ -192,4 +196,19 @@ func (lc *localCluster) close() error {
 		errs = append(errs, os.RemoveAll(lc.cfg.Dir))
 	}
 	return errors.Join(errs...)
+}
+
+// readModel replays every disk read the workers' schedulers issued since
+// the last call (cfg.traceReads) through the HDD model, one disk at a
+// time, and sums the seeks and the modeled time.
+func (lc *localCluster) readModel() (seeks int, model time.Duration) {
+	hdd := scheduler.DefaultHDD()
+	for _, w := range lc.workers {
+		for _, sc := range w.scheds {
+			m := hdd.Replay(sc.Trace())
+			seeks += m.Seeks
+			model += m.Time
+		}
+	}
+	return seeks, model
 }

@@ -15,7 +15,7 @@ import (
 // as Markdown, from the very flag sets the commands bind: the README
 // carries it, and a test keeps the two equal.
 func configReference() string {
-	mcfg, wcfg, lcfg, dcfg := manager.DefaultConfig(), defaultWorkerConfig(), defaultLocalConfig(), defaultDemoConfig()
+	mcfg, wcfg, lcfg, dcfg, rcfg := manager.DefaultConfig(), defaultWorkerConfig(), defaultLocalConfig(), defaultDemoConfig(), defaultReplayConfig()
 	lcfg.LogLevel = "info" // as runLocal sets it
 	var b strings.Builder
 	for _, c := range []struct {
@@ -26,6 +26,7 @@ func configReference() string {
 		{"worker", workerEnvPrefix, &wcfg},
 		{"local", localEnvPrefix, &lcfg},
 		{"demo", demoEnvPrefix, &dcfg},
+		{"replay", replayEnvPrefix, &rcfg},
 	} {
 		fs := flag.NewFlagSet(c.cmd, flag.ContinueOnError)
 		fs.SetOutput(io.Discard)

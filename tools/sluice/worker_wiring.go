@@ -66,6 +66,10 @@ type workerConfig struct {
 	IdleTimeout       time.Duration `yaml:"idle-timeout" help:"a connection that received nothing for this long is closed"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown-timeout" help:"on SIGTERM, how long channels in flight may take to finish before they are ended"`
 	LogLevel          string        `yaml:"log-level" help:"debug, info, warn or error"`
+
+	// traceReads makes the read schedulers record every disk read (for
+	// replay's seek count and HDD model in local mode); not a setting.
+	traceReads bool
 }
 
 func defaultWorkerConfig() workerConfig {
@@ -205,7 +209,7 @@ func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *wo
 	log.Info("sluice worker: disks recovered", "worker", rep.WorkerID, "partitions", len(rep.Partitions), "lost", len(rep.Lost), "took", rep.Duration)
 	readBufs := max(int(float64(w.pool.Stats().Buffers)*cfg.ReadShare)/len(cfg.DataDirs), 8)
 	for _, d := range w.store.Disks() {
-		sc, err := scheduler.New(scheduler.Config{IO: d.IO(), Buffers: w.pool.NewShare("read "+d.Path(), readBufs)})
+		sc, err := scheduler.New(scheduler.Config{IO: d.IO(), Buffers: w.pool.NewShare("read "+d.Path(), readBufs), Trace: cfg.traceReads})
 		if err != nil {
 			return w, fmt.Errorf("read scheduler of %s: %w", d.Path(), err)
 		}
