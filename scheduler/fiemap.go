@@ -85,7 +85,7 @@ func Fiemap(f *diskio.File, size int64) ([]PhysExtent, error) {
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(f.Fd()), fsIocFiemap, uintptr(unsafe.Pointer(req)))
 		if errno != 0 {
 			if errno == unix.EOPNOTSUPP || errno == unix.ENOTTY || errno == unix.EINVAL {
-				return nil, fmt.Errorf("%w: %s: %v", ErrNoFiemap, f.Name(), errno)
+				return nil, fmt.Errorf("%w: %s: %w", ErrNoFiemap, f.Name(), errno)
 			}
 			return nil, fmt.Errorf("scheduler: FIEMAP %s: %w", f.Name(), errno)
 		}
