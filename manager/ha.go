@@ -67,6 +67,12 @@ func (s *Server) campaign(ctx context.Context) error {
 	}
 	s.setHAReady(true)
 	defer s.setHAReady(false)
+	// The session's goroutines (leader follower, session watcher,
+	// membership writer) end with their contexts, which the defers below
+	// cancel; wait for them (this defer runs last) so that nothing uses
+	// the etcd client after campaign returns.
+	var bg sync.WaitGroup
+	defer bg.Wait()
 
 	if _, err := s.etcd.Put(ctx, api.ManagersPrefix(root, cluster)+s.self.ManagerId, string(api.EncodeManagerInfo(s.self)), clientv3.WithLease(sess.Lease())); err != nil {
 		revoke()
@@ -74,17 +80,18 @@ func (s *Server) campaign(ctx context.Context) error {
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	defer stopFollowing()
-	go s.followLeader(followCtx)
+	bg.Go(func() { s.followLeader(followCtx) })
 
 	el := concurrency.NewElection(sess, api.ElectionPrefix(root, cluster))
 	campaignCtx, stopCampaign := context.WithCancel(ctx)
-	go func() {
+	defer stopCampaign()
+	bg.Go(func() {
 		select {
 		case <-sess.Done():
 			stopCampaign()
 		case <-campaignCtx.Done():
 		}
-	}()
+	})
 	err = el.Campaign(campaignCtx, s.self.ManagerId)
 	stopCampaign()
 	if err != nil {
@@ -116,6 +123,9 @@ func (s *Server) campaign(ctx context.Context) error {
 	if err != nil || !tresp.Succeeded {
 		s.stepDown()
 		revoke()
+		if ctx.Err() != nil {
+			return nil // shutting down while taking office
+		}
 		if err == nil {
 			err = errors.New("election key vanished before taking office")
 		}
@@ -134,7 +144,7 @@ func (s *Server) campaign(ctx context.Context) error {
 	c.startRebuild(expected, s.cfg.RebuildWindow)
 	leadCtx, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
-	go mw.run(leadCtx)
+	bg.Go(func() { mw.run(leadCtx) })
 
 	select {
 	case <-sess.Done():

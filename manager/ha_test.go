@@ -2,8 +2,10 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/url"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -319,4 +321,44 @@ func contains(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// TestHACampaignWaitsForItsGoroutines: when a campaign (one etcd
+// session) returns, none of its goroutines is left running: they would use
+// the etcd client after Close, which closes it.
+func TestHACampaignWaitsForItsGoroutines(t *testing.T) {
+	endpoint := startEtcd(t)
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.MetricsListen = "127.0.0.1:0", ""
+	cfg.ClusterID = "campaign-waits"
+	for round := range 5 {
+		cli := etcdClient(t, endpoint)
+		cfg.EtcdEndpoints, cfg.ManagerID = []string{endpoint}, fmt.Sprintf("m%d", round)
+		s, err := New(cfg, WithLogger(quietLogger()), WithEtcdClient(cli))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.campaign(ctx) }()
+		deadline := time.Now().Add(20 * time.Second)
+		for s.current() == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("not elected")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, fn := range []string{"manager.(*Server).followLeader", "manager.(*membershipWriter).run", "manager.(*Server).campaign.func"} {
+			if strings.Contains(stacks, fn) {
+				t.Fatalf("round %d: %s still running after campaign returned:\n%s", round, fn, stacks)
+			}
+		}
+		s.Close()
+	}
 }

@@ -227,3 +227,36 @@ func TestFollowerGivesUp(t *testing.T) {
 		t.Fatal("a follower with nothing to follow")
 	}
 }
+
+// TestFollowerClosed: a call after Close fails at once and opens no
+// connection (Close has already closed the ones it had; a new one would
+// leak).
+func TestFollowerClosed(t *testing.T) {
+	addr := serve(t, &admin{})
+	f, err := NewFollower(FollowerConfig{Managers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewAdminServiceClient(f)
+	if _, err := c.ListJobs(context.Background(), &ListJobsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.ListJobs(context.Background(), &ListJobsRequest{})
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("a call after Close: %v", err)
+	}
+	// A call that looked the leader up just before Close reaches conn
+	// just after it.
+	if _, err := f.conn(addr); status.Code(err) != codes.Canceled {
+		t.Fatalf("conn after Close: %v", err)
+	}
+	f.mu.Lock()
+	n := len(f.conns)
+	f.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d connections opened after Close", n)
+	}
+}

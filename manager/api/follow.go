@@ -210,6 +210,11 @@ func (f *Follower) target() (string, error) {
 func (f *Follower) conn(addr string) (*grpc.ClientConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		// Close has taken the connections to close them; one made now
+		// would never be closed.
+		return nil, status.Error(codes.Canceled, "follower closed")
+	}
 	if c := f.conns[addr]; c != nil {
 		return c, nil
 	}
