@@ -73,11 +73,24 @@ type mapSpec struct {
 	job, ds      string
 	mapIndex, at uint32
 	subs         uint32
-	buffers      int // per subpartition
-	size         int // record size
+	buffers      int  // per subpartition and region
+	size         int  // record size
+	regions      int  // 0: one
+	broadcast    bool // region 1 is a broadcast region (s.buffers buffers for all)
+	sparse       bool // the last region holds subpartition 0 only
 }
 
-// writeMap writes and commits a MapPartition with one region.
+// has reports whether region holds buffers of subpartition sub.
+func (s mapSpec) has(region int, sub uint32) bool {
+	return !s.sparse || region < s.nRegions()-1 || sub == 0
+}
+
+func (s mapSpec) broadcastRegion(region int) bool { return s.broadcast && region == 1 }
+
+func (s mapSpec) nRegions() int { return max(s.regions, 1) }
+
+// writeMap writes and commits a MapPartition: s.nRegions() regions, each
+// with s.buffers buffers of every subpartition.
 func writeMap(t testing.TB, c *transport.Conn, s mapSpec) *wire.WriteCommitted {
 	t.Helper()
 	ctx := ctxT(t)
@@ -86,27 +99,38 @@ func writeMap(t testing.TB, c *transport.Conn, s mapSpec) *wire.WriteCommitted {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.StartRegion(wire.RegionStart{Region: 0}); err != nil {
-		t.Fatal(err)
-	}
 	var totals wire.WriteTotals
-	var rf wire.RegionFinish
-	for sub := range s.subs {
-		for i := range s.buffers {
-			f := bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(i)))
-			stored := f[wire.HeaderSize:]
-			totals.Add(stored, len(stored))
-			rf.Buffers++
-			rf.StoredBytes += uint64(len(stored))
-			if err := w.Write(ctx, f); err != nil {
-				t.Fatal(err)
+	for region := range s.nRegions() {
+		if err := w.StartRegion(wire.RegionStart{Region: uint32(region), Broadcast: s.broadcastRegion(region)}); err != nil {
+			t.Fatal(err)
+		}
+		rf := wire.RegionFinish{Region: uint32(region)}
+		subs := []uint32{}
+		for sub := range s.subs {
+			if s.has(region, sub) {
+				subs = append(subs, sub)
 			}
 		}
+		if s.broadcastRegion(region) {
+			subs = []uint32{wire.AllSubpartitions}
+		}
+		for _, sub := range subs {
+			for i := range s.buffers {
+				f := bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(region*s.buffers+i)))
+				stored := f[wire.HeaderSize:]
+				totals.Add(stored, len(stored))
+				rf.Buffers++
+				rf.StoredBytes += uint64(len(stored))
+				if err := w.Write(ctx, f); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := w.FinishRegion(rf); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := w.FinishRegion(rf); err != nil {
-		t.Fatal(err)
-	}
-	totals.Regions = 1
+	totals.Regions = uint32(s.nRegions())
 	wc, err := w.Finish(ctx, totals)
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +157,20 @@ func readAll(ctx context.Context, r *transport.ReadChannel) ([]byte, error) {
 // checkMapRead checks the stored bytes read for subpartitions [lo, hi).
 func checkMapRead(s mapSpec, lo, hi uint32, got []byte) error {
 	var want []byte
-	for sub := lo; sub < hi; sub++ {
-		for i := range s.buffers {
-			want = append(want, bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(i)))[wire.HeaderSize:]...)
+	for region := range s.nRegions() {
+		subs := []uint32{}
+		for sub := lo; sub < hi; sub++ {
+			if s.has(region, sub) {
+				subs = append(subs, sub)
+			}
+		}
+		if s.broadcastRegion(region) {
+			subs = []uint32{wire.AllSubpartitions}
+		}
+		for _, sub := range subs {
+			for i := range s.buffers {
+				want = append(want, bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(region*s.buffers+i)))[wire.HeaderSize:]...)
+			}
 		}
 	}
 	if !bytes.Equal(got, want) {

@@ -1,8 +1,11 @@
 package server_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
+	"github.com/sluice-shuffle/sluice/netsvc/transport"
 	"github.com/sluice-shuffle/sluice/netsvc/worktest"
 )
 
@@ -28,4 +31,43 @@ func TestMapWriteRead(t *testing.T) {
 		}
 	}
 	waitFor(t, "channels to close", func() bool { return w.Server.Stats().Channels == 0 })
+}
+
+// TestMapRangeReadEnds: a read of a strict subpartition range of a
+// MapPartition of several regions ends with READ_END once its last byte is
+// sent, whatever the window, including ranges empty in some region's
+// file order (the first and the last subpartitions).
+func TestMapRangeReadEnds(t *testing.T) {
+	w := worktest.Start(t, worktest.Config{})
+	c := dial(t, w.Addr)
+	for _, s := range []mapSpec{
+		{job: "job", ds: "ranges", mapIndex: 0, subs: 4, buffers: 3, size: 700, regions: 4},
+		{job: "job", ds: "ranges-broadcast", mapIndex: 0, subs: 4, buffers: 3, size: 700, regions: 4, broadcast: true},
+		{job: "job", ds: "ranges-sparse", mapIndex: 0, subs: 4, buffers: 3, size: 700, regions: 4, sparse: true},
+		{job: "job", ds: "ranges-both", mapIndex: 0, subs: 4, buffers: 3, size: 700, regions: 3, broadcast: true, sparse: true},
+	} {
+		testRangeReads(t, c, s)
+	}
+}
+
+func testRangeReads(t *testing.T, c *transport.Conn, s mapSpec) {
+	t.Helper()
+	writeMap(t, c, s)
+	for _, window := range []uint64{2 << 20, 64 << 10, 4 << 10} {
+		for _, r := range [][2]uint32{{1, 3}, {3, 4}, {0, 1}, {0, 4}, {2, 3}} {
+			rc := openMapRead(t, c, s, r[0], r[1], window)
+			ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+			got, err := readAll(ctx, rc)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s: window %d, range %v: %v after %d bytes", s.ds, window, r, err, len(got))
+			}
+			if err := checkMapRead(s, r[0], r[1], got); err != nil {
+				t.Fatalf("window %d: %v", window, err)
+			}
+			if e := rc.End(); e == nil || e.StoredBytes != uint64(len(got)) {
+				t.Fatalf("window %d, range %v: READ_END %+v after %d bytes", window, r, e, len(got))
+			}
+		}
+	}
 }

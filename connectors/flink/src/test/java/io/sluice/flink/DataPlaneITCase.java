@@ -228,12 +228,14 @@ class DataPlaneITCase {
 
     /**
      * Subpartition ranges: [1, 3), then [3, 4). Broadcast records come once per channel, not once per
-     * subpartition; the records of one subpartition keep their order. Disabled: the worker (netsvc/server at
-     * ed18a1f) sends every byte of a read of a strict subpartition range but never its READ_END, so the
-     * reader waits forever (a full range [0, R) ends). Enable once the worker is fixed.
+     * subpartition; the records of one subpartition keep their order. Disabled: the gate receives every byte of
+     * a strict range and then waits forever, its receive ring full with nothing ready (a full range [0, R)
+     * ends). The Go worker ends strict ranges of several regions, with broadcast regions and regions without
+     * the range (netsvc/server TestMapRangeReadEnds), so the suspect is the gate's ring accounting; to do.
      */
     @Test
-    @org.junit.jupiter.api.Disabled("worker bug: no READ_END after the last byte of a strict subpartition range")
+    @org.junit.jupiter.api.Disabled("gate stuck after the last byte: ring full with nothing ready; the worker does end strict ranges"
+            + " (netsvc/server TestMapRangeReadEnds), so the input gate's receive-ring accounting is suspect")
     void subpartitionRanges() throws Exception {
         SluiceShuffleDescriptor d = descriptor(3, 0, 4);
         Map<Integer, List<String>> w = produce(d, 32, 4, 20_000, false);
@@ -242,12 +244,9 @@ class DataPlaneITCase {
     }
 
     /**
-     * A range that has no data in some region (here the region of a huge record of subpartition 0). Disabled:
-     * the worker of netsvc/server never sends READ_END for such a read (a zero-length extent that never
-     * completes, it seems), so the reader waits forever. Enable once the worker is fixed.
+     * A range that has no data in some region (here the region of a huge record of subpartition 0).
      */
     @Test
-    @org.junit.jupiter.api.Disabled("worker bug: no READ_END when the range is empty in a region")
     void rangeEmptyInSomeRegion() throws Exception {
         SluiceShuffleDescriptor d = descriptor(2, 0, 4);
         Map<Integer, List<String>> w = produce(d, 32, 3, 5_000, true);
