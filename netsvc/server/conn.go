@@ -82,6 +82,7 @@ func (c *conn) serve() {
 	if !c.handshake() {
 		return
 	}
+	c.out.started.Store(true)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

@@ -3,6 +3,7 @@ package server
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-shuffle/sluice/netsvc/wire"
@@ -34,6 +35,7 @@ type outbox struct {
 	closeIdle   bool // close the connection once no channel is open
 	wake        chan struct{}
 	exited      chan struct{}
+	started     atomic.Bool // run was started (not when the handshake failed)
 
 	// The writer goroutine's own.
 	iov      [][]byte
@@ -188,6 +190,9 @@ func (o *outbox) markReady(rc *readChan) {
 // stop ends the writer (the read loop has ended) and waits for it. A fatal
 // ERROR queued is still written, within a second.
 func (o *outbox) stop() {
+	if !o.started.Load() {
+		return // the handshake failed: no writer ever ran
+	}
 	o.mu.Lock()
 	o.stopping = true
 	o.mu.Unlock()
