@@ -56,6 +56,14 @@ import (
 	"github.com/sluice-shuffle/sluice/scheduler"
 )
 
+// RuntimeMemoryLimit is the Go runtime's share of a worker process's
+// memory beyond its pool (heap, stacks, runtime structures: channels,
+// connections, indexes). A worker process sets it as the runtime's soft
+// limit (debug.SetMemoryLimit), so that the collector runs before the
+// process outgrows its pool by more; shuffle data itself lives in the pool,
+// outside the Go heap.
+const RuntimeMemoryLimit = 32 << 20
+
 // Defaults of Config.
 const (
 	DefaultReadFrameBytes  = 1 << 20

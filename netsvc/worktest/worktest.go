@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -192,6 +193,7 @@ func RunChild() {
 		n, _ := strconv.Atoi(parts[2])
 		cfg.PoolBytes = int64(n)
 	}
+	debug.SetMemoryLimit(server.RuntimeMemoryLimit) // as a worker process does
 	w, err := New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worktest child:", err)

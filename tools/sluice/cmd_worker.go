@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/sluice-shuffle/sluice/manager/config"
+	"github.com/sluice-shuffle/sluice/netsvc/server"
 )
 
 func init() {
@@ -83,6 +85,7 @@ flags:
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // checked by validate
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	debug.SetMemoryLimit(server.RuntimeMemoryLimit) // the pool is outside the Go heap
 	w, err := startWorker(ctx, cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice worker: %v\n", err)
