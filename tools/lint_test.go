@@ -189,7 +189,6 @@ func TestImportRules(t *testing.T) {
 // without wrapping it, each with why: module-relative file, then the format.
 var unwrappedAllowed = map[[2]string]string{
 	{"client/decoder.go", "LZ4 payload of %d bytes decodes to %d bytes (%v), the header says %d"}: "err may be nil here (a short decode without an error), and %w of nil prints %!w(<nil>)",
-	{"scheduler/fiemap.go", "%w: %s: %v"}: "to be fixed by scheduler/'s owner (\"%w: %s: %w\" keeps the errno); remove this entry then",
 }
 
 // TestErrorfWraps enforces STYLE.md's "wrap with %w": a fmt.Errorf that
