@@ -32,26 +32,32 @@ func rawHello(t *testing.T, addr string, lo, hi wire.Version) (net.Conn, *wire.F
 	return nc, wire.NewFrameReader(nc, wire.HeaderRules{MaxFrameBytes: wire.DefaultFrameLimit, Receiver: wire.SideClient})
 }
 
-// readError reads the next frame, which must be an ERROR, and returns it.
-func readError(t *testing.T, fr *wire.FrameReader) wire.ErrorMsg {
+// readError reads frames up to the next ERROR, skipping others, and
+// returns its channel and message.
+func readError(t *testing.T, fr *wire.FrameReader) (uint32, wire.ErrorMsg) {
 	t.Helper()
-	h, err := fr.Next()
-	if err != nil {
-		t.Fatalf("reading the answer: %v", err)
+	for {
+		h, err := fr.Next()
+		if err != nil {
+			t.Fatalf("waiting for an ERROR: %v", err)
+		}
+		if h.Type != wire.TypeError {
+			if err := fr.Discard(); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		var buf [wire.MaxControlBody]byte
+		body, err := fr.ReadBody(buf[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m wire.ErrorMsg
+		if err := m.DecodeBody(body); err != nil {
+			t.Fatal(err)
+		}
+		return h.Channel, m
 	}
-	if h.Type != wire.TypeError {
-		t.Fatalf("answer %v, want ERROR", h.Type)
-	}
-	var buf [wire.MaxControlBody]byte
-	body, err := fr.ReadBody(buf[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m wire.ErrorMsg
-	if err := m.DecodeBody(body); err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 // closedAfter checks that the worker closes the connection after its
@@ -70,7 +76,7 @@ func closedAfter(t *testing.T, nc net.Conn) {
 func TestVersionMismatch(t *testing.T) {
 	w := worktest.Start(t, worktest.Config{})
 	nc, fr := rawHello(t, w.Addr, wire.MakeVersion(2, 0), wire.MakeVersion(2, 3))
-	m := readError(t, fr)
+	_, m := readError(t, fr)
 	msg := string(m.Message)
 	if m.Code != wire.CodeVersion || !m.Fatal || m.VersionMin != wire.MinSupported || m.VersionMax != wire.Current ||
 		!strings.Contains(msg, "2.0") || !strings.Contains(msg, "2.3") || !strings.Contains(msg, wire.Current.String()) {
@@ -93,7 +99,7 @@ func TestFrameTooLarge(t *testing.T) {
 	if _, err := nc.Write(huge); err != nil {
 		t.Fatal(err)
 	}
-	m := readError(t, fr)
+	_, m := readError(t, fr)
 	if m.Code != wire.CodeFrameTooLarge || !m.Fatal {
 		t.Fatalf("answer %+v %q", m, m.Message)
 	}
@@ -144,30 +150,8 @@ func TestTooManyChannels(t *testing.T) {
 	if _, err := nc.Write(frames); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		h, err := fr.Next()
-		if err != nil {
-			t.Fatalf("waiting for the refusal: %v", err)
-		}
-		if h.Type != wire.TypeError {
-			if err := fr.Discard(); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		var buf [wire.MaxControlBody]byte
-		body, err := fr.ReadBody(buf[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		var m wire.ErrorMsg
-		if err := m.DecodeBody(body); err != nil {
-			t.Fatal(err)
-		}
-		if h.Channel != 3 || m.Code != wire.CodeTooManyChannels || m.Fatal {
-			t.Fatalf("ERROR on channel %d: %+v %q", h.Channel, m, m.Message)
-		}
-		break
+	if ch, m := readError(t, fr); ch != 3 || m.Code != wire.CodeTooManyChannels || m.Fatal {
+		t.Fatalf("ERROR on channel %d: %+v %q", ch, m, m.Message)
 	}
 	if got := w.Server.Stats().Channels; got != 2 {
 		t.Fatalf("%d channels open, want the 2 allowed", got)

@@ -268,7 +268,12 @@ func (rc *readChan) pump(o *outbox) bool {
 	if rc.terminal {
 		return false
 	}
-	if rc.eof && rc.itemLeft == 0 && rc.hdrHave == 0 && rc.sentPos == rc.queuedEnd && o.room() {
+	if rc.eof && rc.itemLeft == 0 && rc.hdrHave == 0 && rc.sentPos == rc.queuedEnd {
+		if !o.room() {
+			// The round is full: the READ_END goes in the next one. Nothing
+			// else would wake this channel again (its reader is done).
+			return true
+		}
 		if rc.filter != nil {
 			if err := rc.filter.Check(); err != nil {
 				rc.fail(o, wire.CodeDataLost, fmt.Sprintf("%s: %v; recompute the partition", rc.name, err))

@@ -54,7 +54,7 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if code, ok := loadSettings(fs, args, settings, configPath, "demo", stderr); !ok {
+	if code, ok := loadSettings(fs, args, 0, settings, configPath, "demo", stderr); !ok {
 		return code
 	}
 	if err := cfg.validate(); err != nil {

@@ -17,16 +17,21 @@ func init() {
 }
 
 // loadSettings parses the flags of a command whose settings bind to cfg
-// (config.Bind), then overlays --config's file, the environment and the
-// flags. It returns false with the exit status when the command must stop.
-func loadSettings(fs *flag.FlagSet, args []string, settings *config.Flags, configPath *string, cmd string, stderr io.Writer) (int, bool) {
+// (config.Bind) and takes nargs arguments, then overlays --config's file,
+// the environment and the flags. It returns false with the exit status
+// when the command must stop.
+func loadSettings(fs *flag.FlagSet, args []string, nargs int, settings *config.Flags, configPath *string, cmd string, stderr io.Writer) (int, bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0, false
 		}
 		return 2, false
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() != nargs {
+		if nargs > 0 {
+			fs.Usage()
+			return 2, false
+		}
 		fmt.Fprintf(stderr, "sluice %s: unexpected arguments %q\n", cmd, fs.Args())
 		return 2, false
 	}
@@ -69,7 +74,7 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if code, ok := loadSettings(fs, args, settings, configPath, "local", stderr); !ok {
+	if code, ok := loadSettings(fs, args, 0, settings, configPath, "local", stderr); !ok {
 		return code
 	}
 	if err := cfg.validate(); err != nil {

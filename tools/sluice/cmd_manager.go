@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -50,19 +49,8 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sluice manager: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	if err := settings.Load(*configPath); err != nil {
-		fmt.Fprintf(stderr, "sluice manager: %v\n", err)
-		return 2
+	if code, ok := loadSettings(fs, args, 0, settings, configPath, "manager", stderr); !ok {
+		return code
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "sluice manager: invalid configuration:\n%v\n", err)

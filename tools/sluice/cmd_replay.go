@@ -68,21 +68,10 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return 2
+	if code, ok := loadSettings(fs, args, 1, settings, configPath, "replay", stderr); !ok {
+		return code
 	}
 	path := fs.Arg(0)
-	if err := settings.Load(*configPath); err != nil {
-		fmt.Fprintf(stderr, "sluice replay: %v\n", err)
-		return 2
-	}
 	if cfg.Scale <= 0 || cfg.RecordSize < 1 || cfg.Parallel < 1 {
 		fmt.Fprintf(stderr, "sluice replay: scale %g, record-size %d and parallel %d must be positive\n", cfg.Scale, cfg.RecordSize, cfg.Parallel)
 		return 2

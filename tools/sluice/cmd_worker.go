@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -55,19 +54,8 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sluice worker: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	if err := settings.Load(*configPath); err != nil {
-		fmt.Fprintf(stderr, "sluice worker: %v\n", err)
-		return 2
+	if code, ok := loadSettings(fs, args, 0, settings, configPath, "worker", stderr); !ok {
+		return code
 	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintf(stderr, "sluice worker: invalid configuration:\n%v\n", err)
