@@ -228,14 +228,10 @@ class DataPlaneITCase {
 
     /**
      * Subpartition ranges: [1, 3), then [3, 4). Broadcast records come once per channel, not once per
-     * subpartition; the records of one subpartition keep their order. Disabled: the gate receives every byte of
-     * a strict range and then waits forever, its receive ring full with nothing ready (a full range [0, R)
-     * ends). The Go worker ends strict ranges of several regions, with broadcast regions and regions without
-     * the range (netsvc/server TestMapRangeReadEnds), so the suspect is the gate's ring accounting; to do.
+     * subpartition; the records of one subpartition keep their order. (This hung until the worker learned to
+     * send a READ_END that found its round full in the next round.)
      */
     @Test
-    @org.junit.jupiter.api.Disabled("gate stuck after the last byte: ring full with nothing ready; the worker does end strict ranges"
-            + " (netsvc/server TestMapRangeReadEnds), so the input gate's receive-ring accounting is suspect")
     void subpartitionRanges() throws Exception {
         SluiceShuffleDescriptor d = descriptor(3, 0, 4);
         Map<Integer, List<String>> w = produce(d, 32, 4, 20_000, false);
