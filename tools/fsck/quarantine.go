@@ -231,6 +231,9 @@ func (c *checker) moveAside(d *disk, e *entry) (string, error) {
 	return dst, nil
 }
 
+// syncDir makes a directory's entries durable; tests observe it.
+var syncDir = diskio.SyncDir
+
 // mkdirAllSynced creates dir and its missing parents up to (not above) top,
 // syncing each parent whose entries changed, so that a file moved into dir
 // cannot vanish with its directory in a crash.
@@ -247,7 +250,7 @@ func mkdirAllSynced(dir, top string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	return diskio.SyncDir(parent)
+	return syncDir(parent)
 }
 
 // moveFile moves src to dst atomically per file: a rename(2) within one
@@ -263,7 +266,7 @@ func moveFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(diskio.SyncDir(filepath.Dir(dst)), diskio.SyncDir(filepath.Dir(src)))
+	return errors.Join(syncDir(filepath.Dir(dst)), syncDir(filepath.Dir(src)))
 }
 
 func copyThenRemove(src, dst string) (err error) {
@@ -292,7 +295,7 @@ func copyThenRemove(src, dst string) (err error) {
 		err = os.Rename(tmp, dst)
 	}
 	if err == nil {
-		err = diskio.SyncDir(filepath.Dir(dst))
+		err = syncDir(filepath.Dir(dst))
 	}
 	if err != nil {
 		return errors.Join(err, os.Remove(tmp))
@@ -308,7 +311,10 @@ func (c *checker) appendManifest(m *ManifestEntry) error {
 }
 
 func appendManifest(qdir string, m *ManifestEntry) error {
-	if err := os.MkdirAll(qdir, 0o755); err != nil {
+	// The quarantine directory, its missing parents and (below) the
+	// manifest's own entry are synced: a synced file whose name a crash
+	// loses would lose the record of what was moved where.
+	if err := mkdirAllSynced(qdir, ""); err != nil {
 		return err
 	}
 	line, err := json.Marshal(m)
@@ -323,7 +329,12 @@ func appendManifest(qdir string, m *ManifestEntry) error {
 	if err == nil {
 		err = f.Sync()
 	}
-	return errors.Join(err, f.Close())
+	if err = errors.Join(err, f.Close()); err != nil {
+		return err
+	}
+	// Every time, not only when this call created the file: an earlier
+	// call may have created it and failed before syncing the directory.
+	return syncDir(qdir)
 }
 
 // readManifest reads every entry of a quarantine directory's manifest.
