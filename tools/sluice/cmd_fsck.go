@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/sluice-shuffle/sluice/engine/diskio"
+	"github.com/sluice-shuffle/sluice/layout"
 	"github.com/sluice-shuffle/sluice/manager/config"
 	"github.com/sluice-shuffle/sluice/tools/bench"
 	"github.com/sluice-shuffle/sluice/tools/fsck"
@@ -32,7 +33,7 @@ func runBenchFsck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Var(&fileBytes, "file-size", "bytes per MapPartition")
 	fs.Var(&bufBytes, "buffer-size", "payload bytes per buffer")
 	fs.Var(&regionBytes, "region-size", "bytes per region (one sort-spill)")
-	subs := fs.Uint("subpartitions", bench.DefaultFsckSubpartitions, "subpartitions per MapPartition")
+	subs := fs.Uint64("subpartitions", bench.DefaultFsckSubpartitions, "subpartitions per MapPartition")
 	backend := fs.String("backend", diskio.BackendAuto, "IO backend: "+strings.Join(diskio.Backends, "|"))
 	jobs := fs.Int("jobs", fsck.DefaultJobs, "files fsck verifies in parallel")
 	depth := fs.Int("depth", fsck.DefaultReadsInFlight, "reads in flight per file")
@@ -54,6 +55,11 @@ func runBenchFsck(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "sluice bench fsck: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	if *subs == 0 || *subs > uint64(layout.MaxSubpartitions) {
+		// The count is a uint32 in the format: a larger value must not wrap.
+		fmt.Fprintf(stderr, "sluice bench fsck: --subpartitions %d is out of range: a MapPartition has 1 to %d subpartitions\n", *subs, uint64(layout.MaxSubpartitions))
 		return 2
 	}
 	cfg := bench.FsckConfig{

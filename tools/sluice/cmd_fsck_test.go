@@ -34,3 +34,14 @@ func TestBenchFsckJSON(t *testing.T) {
 		t.Fatalf("bad size: exit %d", code)
 	}
 }
+
+// A subpartition count beyond the format's uint32 is refused, not wrapped
+// (2^32+5 would have become 5 subpartitions).
+func TestBenchFsckSubpartitionsRange(t *testing.T) {
+	for _, v := range []string{"4294967301", "18446744073709551615", "0"} {
+		code, out, errOut := run(t, "bench", "fsck", "--dir", t.TempDir(), "--size", "2MiB", "--file-size", "2MiB", "--subpartitions", v)
+		if code != 2 || !strings.Contains(errOut, "--subpartitions "+v+" is out of range") || out != "" {
+			t.Fatalf("--subpartitions %s: exit %d, stdout %q, stderr %q", v, code, out, errOut)
+		}
+	}
+}
