@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"strconv"
 )
 
@@ -386,7 +387,8 @@ type LogEnd struct {
 }
 
 // LogScanner reads the records of a commit log held in memory (recovery
-// reads the whole log: 100,000 partitions are a few MiB). It checks each
+// reads the whole log: 100,000 partitions are a few MiB), or streamed from
+// a file through a bounded window (NewLogStreamScanner). It checks each
 // record's CRC, length and LSN, decodes it without allocating, and tells a
 // torn tail (ignored, as in a write-ahead log) from corruption in the middle
 // (an error): a bad record followed by a valid one is corruption.
@@ -396,7 +398,13 @@ type LogEnd struct {
 //	if err := s.Err(); err != nil { … }
 //	end := s.End()
 type LogScanner struct {
+	// b holds the log's bytes from file offset base: all of them in memory,
+	// a window over r when streaming. Offsets below are file offsets.
 	b            []byte
+	base         int
+	r            io.ReaderAt // nil: b is the whole log
+	size         int         // the log's length
+	ioErr        error       // a read of r failed
 	off          int
 	hdr          LogHeader
 	version      Version
@@ -420,8 +428,103 @@ func NewLogScanner(b []byte) (*LogScanner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &LogScanner{b: b, off: n, hdr: h, version: v, extra: v.Minor() > Current.Minor(),
+	return &LogScanner{b: b, size: len(b), off: n, hdr: h, version: v, extra: v.Minor() > Current.Minor(),
 		nextLSN: h.FirstLSN, end: LogEnd{ValidLength: int64(n)}}, nil
+}
+
+// logWindow is the window of a streaming LogScanner.
+const logWindow = 64 << 10
+
+// maxRecordSize bounds a record with its header.
+const maxRecordSize = RecordHeaderSize + MaxRecordBody
+
+// NewLogStreamScanner is NewLogScanner over the log of the given size
+// behind r, read through a window of 64 KiB, whatever the log's size (the
+// header, up to MaxHeaderSize, is read on its own). It scans exactly as
+// NewLogScanner over the same bytes; a failed read ends the scan with that
+// error (Err). The ids of a Record alias the window: they are valid until
+// the next call to Next.
+func NewLogStreamScanner(r io.ReaderAt, size int64) (*LogScanner, error) {
+	return newLogStreamScanner(r, size, logWindow)
+}
+
+func newLogStreamScanner(r io.ReaderAt, size int64, window int) (*LogScanner, error) {
+	if int64(int(size)) != size || size < 0 {
+		return nil, invalidf("commit log size %d", size)
+	}
+	prefix, err := readAtMost(r, 0, min(size, PrefixSize))
+	if err != nil {
+		return nil, err
+	}
+	hl := int64(PrefixSize)
+	if _, n, herr := HeaderLength(prefix); herr == nil {
+		hl = int64(n)
+	}
+	head, err := readAtMost(r, 0, min(size, hl))
+	if err != nil {
+		return nil, err
+	}
+	h, n, v, err := DecodeLogHeader(head)
+	if err != nil {
+		return nil, err
+	}
+	return &LogScanner{b: make([]byte, 0, max(window, maxRecordSize)), base: n, r: r, size: int(size), off: n,
+		hdr: h, version: v, extra: v.Minor() > Current.Minor(), nextLSN: h.FirstLSN, end: LogEnd{ValidLength: int64(n)}}, nil
+}
+
+func readAtMost(r io.ReaderAt, off, n int64) ([]byte, error) {
+	b := make([]byte, n)
+	if m, err := r.ReadAt(b, off); err != nil && !(err == io.EOF && int64(m) == n) {
+		return nil, fmt.Errorf("layout: reading commit log at offset %d: %w", off, err)
+	}
+	return b, nil
+}
+
+// at returns the log's bytes from file offset off: all the rest in memory;
+// when streaming, at least min(maxRecordSize, the rest) of them, sliding
+// the window forward (off never goes back below the window's start).
+func (s *LogScanner) at(off int) []byte {
+	if s.r == nil {
+		return s.b[off:]
+	}
+	want := min(s.size, off+maxRecordSize)
+	if end := s.base + len(s.b); off < s.base || want > end {
+		// Keep what the window still holds from off on, then fill it.
+		keep := 0
+		if off >= s.base && off < end {
+			keep = copy(s.b[:cap(s.b)], s.b[off-s.base:])
+		}
+		s.base = off
+		fill := min(cap(s.b), s.size-off)
+		s.b = s.b[:fill]
+		if m, err := s.r.ReadAt(s.b[keep:fill], int64(off+keep)); err != nil && !(err == io.EOF && m == fill-keep) {
+			if s.ioErr == nil {
+				s.ioErr = fmt.Errorf("layout: reading commit log at offset %d: %w", off+keep, err)
+			}
+			s.b = s.b[:keep+m]
+		}
+	}
+	return s.b[off-s.base:]
+}
+
+// recordBytes returns the bytes of the record Next found.
+func (s *LogScanner) recordBytes() []byte {
+	return s.at(s.lastStart)[:s.off-s.lastStart]
+}
+
+// restIsZero reports whether the log's bytes from off to its end are zero.
+func (s *LogScanner) restIsZero(off int) bool {
+	for off < s.size {
+		w := s.at(off)
+		if s.ioErr != nil || len(w) == 0 {
+			return false
+		}
+		if !isZero(w) {
+			return false
+		}
+		off += len(w)
+	}
+	return true
 }
 
 // Header returns the log's header.
@@ -449,6 +552,9 @@ func (s *LogScanner) Next() bool {
 		return false
 	}
 	n, bad := s.decode(s.off)
+	if s.ioErr != nil {
+		return s.fail(s.ioErr)
+	}
 	if bad == nil {
 		s.lastStart = s.off
 		s.lastBatchPos = s.rec.BatchPos
@@ -464,21 +570,28 @@ func (s *LogScanner) Next() bool {
 		return true
 	}
 	s.done = true
-	rest := s.b[s.off:]
-	if isZero(rest) {
-		s.end.Padding = int64(len(rest))
+	rest := s.size - s.off
+	if s.restIsZero(s.off) {
+		s.end.Padding = int64(rest)
 		return s.finish()
+	}
+	if s.ioErr != nil {
+		return s.fail(s.ioErr)
 	}
 	bad.What = fmt.Sprintf("record %d (LSN %d): %s", s.records, s.nextLSN, bad.What)
 	if s.writtenBad {
 		return s.fail(bad)
 	}
 	// A bad record: a torn tail unless a later write follows it.
-	if q := s.resync(s.off + 1); q >= 0 {
+	q := s.resync(s.off + 1)
+	if s.ioErr != nil {
+		return s.fail(s.ioErr)
+	}
+	if q >= 0 {
 		bad.What += fmt.Sprintf("; a record of a later write follows at offset %d, so this is not a torn tail", q)
 		return s.fail(bad)
 	}
-	s.end.TornBytes = int64(len(rest))
+	s.end.TornBytes = int64(rest)
 	return s.finish()
 }
 
@@ -516,7 +629,7 @@ func (s *LogScanner) checkSnapshotEnd() error {
 func (s *LogScanner) decode(off int) (int, *CorruptError) {
 	const kind = KindCommitLog
 	s.writtenBad = false
-	rest := s.b[off:]
+	rest := s.at(off)
 	if len(rest) < RecordHeaderSize {
 		return 0, truncatedAt(kind, int64(off), int64(len(rest)), RecordHeaderSize, "record header")
 	}
@@ -557,13 +670,16 @@ func (s *LogScanner) decode(off int) (int, *CorruptError) {
 // nothing. It returns the record's offset or -1. It runs once, at the end of
 // a scan, over the bytes after the last valid record.
 func (s *LogScanner) resync(from int) int {
-	limit := s.nextLSN + uint64(len(s.b)-from)/RecordHeaderSize + 1
-	for q := from; q+RecordHeaderSize <= len(s.b); q++ {
-		r := s.b[q:]
+	limit := s.nextLSN + uint64(s.size-from)/RecordHeaderSize + 1
+	for q := from; q+RecordHeaderSize <= s.size && s.ioErr == nil; q++ {
+		r := s.at(q)
+		if len(r) < RecordHeaderSize {
+			break // a failed read
+		}
 		body := int(binary.LittleEndian.Uint16(r[recLengthOff:]))
 		lsn := binary.LittleEndian.Uint64(r[recLSNOff:])
 		pos := uint64(binary.LittleEndian.Uint16(r[recBatchPosOff:]))
-		if body > MaxRecordBody || q+RecordHeaderSize+body > len(s.b) || lsn > limit || lsn < pos || lsn-pos <= s.nextLSN {
+		if body > MaxRecordBody || q+RecordHeaderSize+body > s.size || RecordHeaderSize+body > len(r) || lsn > limit || lsn < pos || lsn-pos <= s.nextLSN {
 			continue
 		}
 		if Checksum(r[recLengthOff:RecordHeaderSize+body]) == binary.LittleEndian.Uint32(r[recCRCOff:]) {
@@ -617,7 +733,17 @@ func (v *LogVerifier) Write(p []byte) (int, error) {
 // Finish scans the log and reports its records, how it ends, or the first
 // corruption.
 func (v *LogVerifier) Finish() (LogSummary, error) {
-	s, err := NewLogScanner(v.b)
+	return summarizeLog(NewLogScanner(v.b))
+}
+
+// VerifyLogAt is LogVerifier over the log of the given size behind r,
+// streamed through a bounded window: it reads the whole log but holds
+// 64 KiB of it, whatever its size.
+func VerifyLogAt(r io.ReaderAt, size int64) (LogSummary, error) {
+	return summarizeLog(NewLogStreamScanner(r, size))
+}
+
+func summarizeLog(s *LogScanner, err error) (LogSummary, error) {
 	if err != nil {
 		return LogSummary{}, err
 	}

@@ -33,8 +33,17 @@ func Describe(w io.Writer, r io.ReaderAt, size int64, opts DescribeOptions) erro
 	d := &describer{w: w, r: r, size: size, opts: opts}
 	prefix := d.read(0, min(size, PrefixSize))
 	kind := DetectKind(prefix)
-	buf := make([]byte, min(max(size, 1), verifyChunk))
-	sum, verr := Verify(io.NewSectionReader(r, 0, size), buf, VerifyOptions{AllowOpenReduce: true})
+	var sum Summary
+	var verr error
+	if kind == KindCommitLog {
+		// Streamed: a commit log of any size is described in bounded memory.
+		var l LogSummary
+		l, verr = VerifyLogAt(r, size)
+		sum = Summary{Kind: kind, Log: &l}
+	} else {
+		buf := make([]byte, min(max(size, 1), verifyChunk))
+		sum, verr = Verify(io.NewSectionReader(r, 0, size), buf, VerifyOptions{AllowOpenReduce: true})
+	}
 	if verr != nil && !isFormatError(verr) {
 		return verr
 	}
@@ -617,21 +626,22 @@ func (d *describer) commitLog() {
 	d.field(lhFirstLSNOff, h[lhFirstLSNOff:lhFirstLSNOff+8], "first LSN", u64(h[lhFirstLSNOff:]))
 	d.headerCRC(h, lhCRCOff)
 
-	all := d.read(0, d.size)
-	s, err := NewLogScanner(all)
+	// The records are read through the scanner's window, never the whole
+	// log at once.
+	s, err := NewLogStreamScanner(d.r, d.size)
 	if err != nil {
-		d.stop(int64(n), err.Error())
+		d.logError(int64(n), err)
 		return
 	}
 	for s.Next() {
 		if !d.more() {
 			return
 		}
-		d.record(s.Offset(), all, s.Record())
+		d.record(s.Offset(), s.recordBytes(), s.Record())
 	}
 	end := s.End()
 	if err := s.Err(); err != nil {
-		d.stop(end.ValidLength, err.Error())
+		d.logError(end.ValidLength, err)
 		return
 	}
 	if end.Padding > 0 {
@@ -642,9 +652,20 @@ func (d *describer) commitLog() {
 	}
 }
 
-func (d *describer) record(off int64, all []byte, r *Record) {
-	body := int(binary.LittleEndian.Uint16(all[off+recLengthOff:]))
-	b := all[off : off+RecordHeaderSize+int64(body)]
+// logError describes a problem of the log at off, or keeps a read error
+// to return.
+func (d *describer) logError(off int64, err error) {
+	if !isFormatError(err) {
+		if d.rerr == nil {
+			d.rerr = err
+		}
+		return
+	}
+	d.stop(off, err.Error())
+}
+
+// record describes the record r of bytes b at offset off.
+func (d *describer) record(off int64, b []byte, r *Record) {
 	d.section(off, int64(len(b)), "record LSN %d: %v", r.LSN, r.Kind)
 	d.field(off+recCRCOff, b[:4], "record CRC32C", crcValue(b[:4], b[recLengthOff:]))
 	d.field(off+recLengthOff, b[recLengthOff:recLengthOff+2], "body length", u16(b[recLengthOff:]))
@@ -653,14 +674,14 @@ func (d *describer) record(off int64, all []byte, r *Record) {
 	d.field(off+recKindOff, b[recKindOff:recKindOff+1], "kind", r.Kind.String())
 	at := off + RecordHeaderSize
 	f := func(n int, name, value string) {
-		d.field(at, all[at:at+int64(n)], name, value)
+		d.field(at, b[at-off:at-off+int64(n)], name, value)
 		at += int64(n)
 	}
 	dec := func(n int) string {
 		if n == 8 {
-			return u64(all[at:])
+			return u64(b[at-off:])
 		}
-		return u32(all[at:])
+		return u32(b[at-off:])
 	}
 	switch r.Kind {
 	case RecordMapCommitted:
@@ -698,6 +719,6 @@ func (d *describer) record(off int64, all []byte, r *Record) {
 		}
 	}
 	if end := off + int64(len(b)); at < end {
-		d.field(at, all[at:end], "newer-minor fields", "skipped")
+		d.field(at, b[at-off:], "newer-minor fields", "skipped")
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -891,5 +893,142 @@ func TestCatalog(t *testing.T) {
 	must(t, oc.Apply(&Record{Kind: RecordReleased, Scope: ReleaseJob, Job: []byte("job")}, 0))
 	if len(oc.Reduces) != 0 {
 		t.Errorf("job release left %v", oc.Reduces)
+	}
+}
+
+// logTranscript is what a scan found: each record, then how the log ends.
+func logTranscript(s *LogScanner, err error) string {
+	if err != nil {
+		return "header: " + err.Error()
+	}
+	var b strings.Builder
+	for s.Next() {
+		r := s.Record()
+		fmt.Fprintf(&b, "%d: %d %v %d %q %q %d %d\n", s.Offset(), r.LSN, r.Kind, r.BatchPos, r.Job, r.Dataset, r.Index, r.FileLength)
+	}
+	fmt.Fprintf(&b, "end %+v, err %v", s.End(), s.Err())
+	return b.String()
+}
+
+// TestLogStreamScanner checks that a log streamed through windows of
+// several sizes scans exactly as in memory: clean, padded, torn, and
+// corrupt early with the proof (a later write) far beyond the window.
+func TestLogStreamScanner(t *testing.T) {
+	var batches []int
+	for i := range 300 {
+		batches = append(batches, 1+i%5)
+	}
+	log, starts := testLog(t, batches...)
+	last := len(starts) - 1
+	flip := func(i int) []byte { b := bytes.Clone(log); b[i] ^= 0x40; return b }
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"clean", log},
+		{"zero padding beyond a window", append(bytes.Clone(log), make([]byte, 3*logWindow+5)...)},
+		{"padding then garbage beyond a window", append(append(bytes.Clone(log), make([]byte, 2*logWindow)...), 1, 2, 3)},
+		{"torn last record", log[:len(log)-5]},
+		{"damage in the last write", flip(starts[last] + 20)},
+		{"damage in the first write", flip(starts[0] + 20)},
+		{"lost first record of an early write", zeroRange(log, starts[1], starts[2])},
+		{"header only", log[:starts[0]]},
+		{"cut header", log[:starts[0]-1]},
+	} {
+		want := logTranscript(NewLogScanner(tc.b))
+		for _, w := range []int{0, maxRecordSize + 7, 4096, logWindow} {
+			if got := logTranscript(newLogStreamScanner(bytes.NewReader(tc.b), int64(len(tc.b)), w)); got != want {
+				t.Errorf("%s, window %d: streamed\n%s\nin memory\n%s", tc.name, w, got, want)
+			}
+		}
+	}
+	// A failed read ends the scan with that error.
+	s, err := NewLogStreamScanner(&failingReaderAt{b: log, failAt: int64(starts[100])}, int64(len(log)))
+	must(t, err)
+	n := 0
+	for s.Next() {
+		n++
+	}
+	if !errors.Is(s.Err(), errInjected) || n >= 100 {
+		t.Fatalf("read failure: %d records, err %v", n, s.Err())
+	}
+}
+
+var errInjected = errors.New("injected read failure")
+
+// failingReaderAt fails every read that reaches failAt.
+type failingReaderAt struct {
+	b      []byte
+	failAt int64
+}
+
+func (r *failingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > r.failAt {
+		return 0, errInjected
+	}
+	return copy(p, r.b[off:]), nil
+}
+
+// zeroTail is a log followed by a long run of zeros, generated on read: a
+// large commit log that is never in memory.
+type zeroTail struct {
+	log  []byte
+	size int64
+}
+
+func (z *zeroTail) ReadAt(p []byte, off int64) (int, error) {
+	if off >= z.size {
+		return 0, io.EOF
+	}
+	n := copy(p, z.log[min(off, int64(len(z.log))):])
+	rest := p[n:]
+	m := int(min(int64(len(rest)), z.size-off-int64(n)))
+	clear(rest[:m])
+	if n+m < len(p) {
+		return n + m, io.EOF
+	}
+	return n + m, nil
+}
+
+// TestLogStreamScannerBoundedMemory scans a 256 MiB log (its records, then
+// zero padding) streamed: it allocates its window, not the log.
+func TestLogStreamScannerBoundedMemory(t *testing.T) {
+	log, starts := testLog(t, 3, 2, 2)
+	z := &zeroTail{log: log, size: 256 << 20}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s, err := NewLogStreamScanner(z, z.size)
+	must(t, err)
+	for s.Next() {
+	}
+	runtime.ReadMemStats(&after)
+	if s.Err() != nil || s.End().Records != uint64(len(starts)) || s.End().Padding != z.size-int64(len(log)) {
+		t.Fatalf("end %+v, err %v", s.End(), s.Err())
+	}
+	if a := after.TotalAlloc - before.TotalAlloc; a > 1<<20 {
+		t.Fatalf("scanning allocated %d bytes", a)
+	}
+}
+
+// TestDescribeCommitLogBoundedMemory describes a 256 MiB commit log (its
+// records, then zero padding) in bounded memory, and returns a read error.
+func TestDescribeCommitLogBoundedMemory(t *testing.T) {
+	log, starts := testLog(t, 3, 2, 2)
+	z := &zeroTail{log: log, size: 256 << 20}
+	var out strings.Builder
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	must(t, Describe(&out, z, z.size, DescribeOptions{}))
+	runtime.ReadMemStats(&after)
+	if a := after.TotalAlloc - before.TotalAlloc; a > 2<<20 {
+		t.Errorf("describing allocated %d bytes", a)
+	}
+	padding := fmt.Sprintf("%d-%d  zero padding after the last record (%d bytes)", len(log), z.size, z.size-int64(len(log)))
+	if got := out.String(); !strings.Contains(got, "verify: OK") || strings.Count(got, ": MapCommitted") != len(starts) || !strings.Contains(got, padding) {
+		t.Errorf("description:\n%s", got)
+	}
+	err := Describe(io.Discard, &failingReaderAt{b: log, failAt: int64(starts[4])}, int64(len(log)), DescribeOptions{})
+	if !errors.Is(err, errInjected) {
+		t.Errorf("describe over a failing read: %v", err)
 	}
 }
