@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +15,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
+
+	"github.com/sluice-shuffle/sluice/manager/metrics"
 )
 
 // The deployment files in deploy/ are checked against the binary itself:
@@ -65,10 +70,11 @@ func portOf(t *testing.T, addr any) int {
 }
 
 type k8sContainer struct {
-	Name  string   `yaml:"name"`
-	Image string   `yaml:"image"`
-	Args  []string `yaml:"args"`
-	Env   []struct {
+	Name    string   `yaml:"name"`
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
 		Name  string `yaml:"name"`
 		Value string `yaml:"value"`
 	} `yaml:"env"`
@@ -93,8 +99,10 @@ type k8sObject struct {
 		Name string `yaml:"name"`
 	} `yaml:"metadata"`
 	Spec struct {
-		Selector map[string]any `yaml:"selector"`
-		Ports    []struct {
+		Replicas    int            `yaml:"replicas"`
+		ServiceName string         `yaml:"serviceName"`
+		Selector    map[string]any `yaml:"selector"`
+		Ports       []struct {
 			Name       string `yaml:"name"`
 			Port       int    `yaml:"port"`
 			TargetPort any    `yaml:"targetPort"`
@@ -112,6 +120,61 @@ type k8sObject struct {
 }
 
 var k8sVar = regexp.MustCompile(`\$\([A-Z_]+\)`)
+
+// probeAnswer is what the HTTP mux both binaries serve their probes and
+// metrics with (manager/metrics.Handler) answers to GET path, its Live
+// check failing with "live" and its Ready check with "ready": a path it
+// does not serve is a 404, and the body tells which check a probe runs.
+func probeAnswer(path string) (int, string) {
+	h := metrics.Handler(prometheus.NewRegistry(), metrics.Checks{
+		Live:  func() error { return errors.New("live") },
+		Ready: func() error { return errors.New("ready") },
+	})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	return rec.Code, strings.TrimSpace(rec.Body.String())
+}
+
+func TestProbeAnswer(t *testing.T) {
+	for path, want := range map[string]string{"/healthz": "503 live", "/readyz": "503 ready", "/health": "404 404 page not found"} {
+		if code, body := probeAnswer(path); fmt.Sprint(code, " ", body) != want {
+			t.Errorf("GET %s: %d %q, want %s", path, code, body, want)
+		}
+	}
+	if code, _ := probeAnswer("/metrics"); code != 200 {
+		t.Errorf("GET /metrics: %d", code)
+	}
+}
+
+// etcdMembers returns the client endpoints of the etcd StatefulSet of the
+// manifests (member i of StatefulSet s behind headless service v is
+// s-i.v), or nil when there is none.
+func etcdMembers(t *testing.T, objs []k8sObject) []string {
+	for _, o := range objs {
+		if o.Kind != "StatefulSet" || len(o.Spec.Template.Spec.Containers) == 0 {
+			continue
+		}
+		c := o.Spec.Template.Spec.Containers[0]
+		if !strings.Contains(c.Image, "etcd") {
+			continue
+		}
+		port := 0
+		for _, p := range c.Ports {
+			if p.Name == "client" {
+				port = p.ContainerPort
+			}
+		}
+		if o.Spec.ServiceName == "" || o.Spec.Replicas == 0 || port == 0 {
+			t.Fatalf("etcd StatefulSet %s: service %q, %d replicas, client port %d", o.Metadata.Name, o.Spec.ServiceName, o.Spec.Replicas, port)
+		}
+		var out []string
+		for i := range o.Spec.Replicas {
+			out = append(out, fmt.Sprintf("%s-%d.%s:%d", o.Metadata.Name, i, o.Spec.ServiceName, port))
+		}
+		return out
+	}
+	return nil
+}
 
 func TestKubernetesManifests(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(deployDir, "kubernetes", "*.yaml"))
@@ -139,6 +202,10 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 			objs = append(objs, o)
 		}
+	}
+	etcd := etcdMembers(t, objs)
+	if etcd == nil {
+		t.Fatal("no etcd StatefulSet in the manifests")
 	}
 	// Ports of the sluice containers, by app label and port name.
 	podPorts := map[string]map[string]int{}
@@ -174,14 +241,25 @@ func TestKubernetesManifests(t *testing.T) {
 				if ports["metrics"] != metrics {
 					t.Errorf("container port metrics is %d, the %s serves metrics on %d", ports["metrics"], args[0], metrics)
 				}
-				for what, p := range map[string]*k8sProbe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+				// Liveness must run the Live check (a failing Ready check, as
+				// on a standby manager or a worker between managers, must not
+				// get the container restarted), readiness the Ready check.
+				for what, p := range map[string]*k8sProbe{"live": c.LivenessProbe, "ready": c.ReadinessProbe} {
 					if p == nil {
 						t.Errorf("no %s probe", what)
 						continue
 					}
-					if p.HTTPGet.Port != metrics || (p.HTTPGet.Path != "/healthz" && p.HTTPGet.Path != "/readyz") {
-						t.Errorf("%s probe GET :%d%s; the %s serves /healthz and /readyz on :%d", what, p.HTTPGet.Port, p.HTTPGet.Path, args[0], metrics)
+					code, body := probeAnswer(p.HTTPGet.Path)
+					if p.HTTPGet.Port != metrics || code == 404 || body != what {
+						t.Errorf("%s probe GET :%d%s (it answers %d %q); the %s serves /healthz (live) and /readyz (ready) on :%d", what, p.HTTPGet.Port, p.HTTPGet.Path, code, body, args[0], metrics)
 					}
+				}
+				var endpoints []string
+				for _, e := range cfg["etcd-endpoints"].([]any) {
+					endpoints = append(endpoints, fmt.Sprint(e))
+				}
+				if strings.Join(endpoints, ",") != strings.Join(etcd, ",") {
+					t.Errorf("etcd endpoints %v; the etcd StatefulSet's members are %v", endpoints, etcd)
 				}
 				ann := o.Spec.Template.Metadata.Annotations
 				if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != strconv.Itoa(metrics) || ann["prometheus.io/path"] != "/metrics" {
