@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,6 +20,10 @@ import (
 // quietEtcdLogger silences the etcd client's own logging; failures surface
 // as errors in ours.
 func quietEtcdLogger() *zap.Logger { return zap.NewNop() }
+
+// sessionGoroutineExit, when set (by tests), runs as each goroutine of a
+// campaign's session ends: a slow exit shows whether campaign waits.
+var sessionGoroutineExit atomic.Pointer[func()]
 
 // runHA campaigns for leadership until ctx ends, starting a new etcd
 // session whenever the previous one is lost.
@@ -73,6 +78,16 @@ func (s *Server) campaign(ctx context.Context) error {
 	// the etcd client after campaign returns.
 	var bg sync.WaitGroup
 	defer bg.Wait()
+	goBg := func(f func()) {
+		bg.Go(func() {
+			defer func() {
+				if h := sessionGoroutineExit.Load(); h != nil {
+					(*h)()
+				}
+			}()
+			f()
+		})
+	}
 
 	if _, err := s.etcd.Put(ctx, api.ManagersPrefix(root, cluster)+s.self.ManagerId, string(api.EncodeManagerInfo(s.self)), clientv3.WithLease(sess.Lease())); err != nil {
 		revoke()
@@ -80,12 +95,12 @@ func (s *Server) campaign(ctx context.Context) error {
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	defer stopFollowing()
-	bg.Go(func() { s.followLeader(followCtx) })
+	goBg(func() { s.followLeader(followCtx) })
 
 	el := concurrency.NewElection(sess, api.ElectionPrefix(root, cluster))
 	campaignCtx, stopCampaign := context.WithCancel(ctx)
 	defer stopCampaign()
-	bg.Go(func() {
+	goBg(func() {
 		select {
 		case <-sess.Done():
 			stopCampaign()
@@ -144,7 +159,7 @@ func (s *Server) campaign(ctx context.Context) error {
 	c.startRebuild(expected, s.cfg.RebuildWindow)
 	leadCtx, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
-	bg.Go(func() { mw.run(leadCtx) })
+	goBg(func() { mw.run(leadCtx) })
 
 	select {
 	case <-sess.Done():
