@@ -16,7 +16,8 @@ import (
 )
 
 // conn is one client connection: its read loop (the goroutine of serve),
-// its writer (outbox.run), and its channels.
+// its writer (outbox.run), its idle watchdog (outbox.watchIdle), and its
+// channels.
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -83,10 +84,14 @@ func (c *conn) serve() {
 		return
 	}
 	c.out.started.Store(true)
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
 		c.out.run()
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.out.watchIdle()
 	}()
 	c.readLoop()
 }

@@ -43,8 +43,6 @@ type outbox struct {
 	arena    []byte
 	touched  []*readChan
 	lastSend time.Time
-	lastRecv uint64
-	recvAt   time.Time
 	cb       wire.CreditBatch
 	pa       wire.PushAck
 	cr       wire.Credit
@@ -215,18 +213,14 @@ func (o *outbox) run() {
 		o.mu.Unlock()
 		close(o.exited)
 	}()
-	cfg := &o.c.s.cfg
-	tick := max(min(cfg.HeartbeatInterval, cfg.IdleTimeout-cfg.HeartbeatInterval)/4, 10*time.Millisecond)
-	ticker := time.NewTicker(tick)
+	ticker := time.NewTicker(o.tickInterval())
 	defer ticker.Stop()
-	o.lastSend, o.recvAt = time.Now(), time.Now()
+	o.lastSend = time.Now()
 	for {
 		select {
 		case <-o.wake:
 		case now := <-ticker.C:
-			if !o.tick(now) {
-				return
-			}
+			o.tick(now)
 		}
 		if !o.flush() {
 			return
@@ -234,20 +228,53 @@ func (o *outbox) run() {
 	}
 }
 
-// tick sends a heartbeat when nothing was sent for the heartbeat interval,
-// and ends a connection that received nothing for the idle timeout.
-func (o *outbox) tick(now time.Time) bool {
+func (o *outbox) tickInterval() time.Duration {
 	cfg := &o.c.s.cfg
-	if n := o.c.in.n.Load(); n != o.lastRecv {
-		o.lastRecv, o.recvAt = n, now
-	} else if now.Sub(o.recvAt) >= cfg.IdleTimeout {
-		o.c.s.st.idleTimeouts.Add(1)
-		o.c.log.Info("server: connection idle; closing", "idle", now.Sub(o.recvAt))
-		o.c.fatalSent.Store(true)
-		o.sendFatal(&wire.Error{Code: wire.CodeIdleTimeout, Fatal: true,
-			Msg: "nothing received for " + cfg.IdleTimeout.String()})
-		return true
+	return max(min(cfg.HeartbeatInterval, cfg.IdleTimeout-cfg.HeartbeatInterval)/4, 10*time.Millisecond)
+}
+
+// watchIdle ends a connection that received nothing for the idle timeout.
+// It runs on its own goroutine, not the writer's: a peer that sends nothing
+// may read nothing either, and the writer then blocks in a write for as
+// long as the peer's socket stays open, holding the read chunks it was
+// sending. The fatal ERROR goes out through the writer; if the writer has
+// not ended a second later it is stuck in such a write, which is made to
+// fail so that the connection closes without the ERROR.
+func (o *outbox) watchIdle() {
+	cfg := &o.c.s.cfg
+	ticker := time.NewTicker(o.tickInterval())
+	defer ticker.Stop()
+	lastRecv, recvAt := o.c.in.n.Load(), time.Now()
+	for {
+		select {
+		case <-o.exited:
+			return
+		case now := <-ticker.C:
+			if n := o.c.in.n.Load(); n != lastRecv {
+				lastRecv, recvAt = n, now
+				continue
+			}
+			if now.Sub(recvAt) < cfg.IdleTimeout {
+				continue
+			}
+			o.c.s.st.idleTimeouts.Add(1)
+			o.c.log.Info("server: connection idle; closing", "idle", now.Sub(recvAt))
+			o.c.fatalSent.Store(true)
+			o.sendFatal(&wire.Error{Code: wire.CodeIdleTimeout, Fatal: true,
+				Msg: "nothing received for " + cfg.IdleTimeout.String()})
+		}
+		select {
+		case <-o.exited:
+		case <-time.After(time.Second):
+			_ = o.c.nc.SetWriteDeadline(time.Now())
+		}
+		return
 	}
+}
+
+// tick sends a heartbeat when nothing was sent for the heartbeat interval.
+func (o *outbox) tick(now time.Time) {
+	cfg := &o.c.s.cfg
 	if now.Sub(o.lastSend) >= cfg.HeartbeatInterval {
 		var hb wire.Heartbeat
 		o.mu.Lock()
@@ -255,7 +282,6 @@ func (o *outbox) tick(now time.Time) bool {
 		o.ctl = hb.AppendFrame(o.ctl, o.c.major)
 		o.mu.Unlock()
 	}
-	return true
 }
 
 // room reports whether the round has space for another frame.
