@@ -578,7 +578,9 @@ func (rc *readChan) topUp() {
 	if d < minReadGrant && outstanding > 0 {
 		return // a small grant while a read is pending: wait and grant more at once
 	}
-	got := rc.ch.c.mem.take(int64(d), int64(d))
+	// At least what the next item needs (or a minimum grant), not all of
+	// d: a client may grant more credit than the connection's memory holds.
+	got := rc.ch.c.mem.take(int64(d), int64(min(d, max(minReadGrant, rc.headSize()))))
 	if got == 0 {
 		rc.ch.c.mem.waitRead(rc)
 		return
