@@ -45,7 +45,8 @@ type Config struct {
 	// missing.
 	Dirs []DirConfig
 
-	// Backend and Depth choose each disk's IO (diskio.Config); "" is auto.
+	// Backend and Depth choose each disk's IO (diskio.Config); "" is
+	// auto, and Depth defaults to 96 requests in flight (see writesInIO).
 	Backend string
 	Depth   int
 
@@ -121,6 +122,7 @@ type Config struct {
 const (
 	defaultPoolBytes      = 256 << 20
 	defaultBufferBytes    = 1 << 20
+	defaultDepth          = 96
 	defaultWriteDepth     = 16
 	defaultReducePrealloc = 8 << 20
 	defaultSpareBuffers   = 1
@@ -145,6 +147,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if o.ReducePreallocBytes <= 0 {
 		o.ReducePreallocBytes = defaultReducePrealloc
+	}
+	if o.Depth <= 0 {
+		o.Depth = defaultDepth
 	}
 	if o.WriteDepth <= 0 {
 		o.WriteDepth = defaultWriteDepth

@@ -75,7 +75,7 @@
 //
 // Both writers append to a stream: bytes go into pool buffers of the disk's
 // share; each full buffer is written O_DIRECT at its aligned offset by a
-// per-disk submitter that keeps the device busy (at most 16 writes in the
+// per-disk submitter that keeps the device busy (at most 64 writes in the
 // IO, the rest queued without blocking writers); the file is preallocated
 // ahead (size hint, else growing steps: ext4 serializes O_DIRECT writes that
 // extend a file); the unaligned tail stays in memory; at the end the last

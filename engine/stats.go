@@ -144,7 +144,7 @@ type DiskStats struct {
 	// Queue and memory.
 	WritesInFlight int   // writes (and fdatasyncs) not completed: queued or in the IO
 	WritesQueued   int   // waiting for the submitter
-	WritesInIO     int   // handed to the IO (at most 16)
+	WritesInIO     int   // handed to the IO (at most 64)
 	PendingBytes   int64 // accepted, not yet written
 	BuffersInUse   int   // of the disk's share
 	BufferLimit    int

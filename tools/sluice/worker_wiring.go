@@ -54,7 +54,7 @@ type workerConfig struct {
 	WriteShare   float64      `yaml:"write-share" help:"fraction of the pool for write buffers, split evenly over the disks"`
 	ReadShare    float64      `yaml:"read-share" help:"fraction of the pool for read buffers, split evenly over the disks (the rest: network staging)"`
 	IOBackend    string       `yaml:"io-backend" help:"disk IO: auto, uring (io_uring, O_DIRECT), pool (pread/pwrite, O_DIRECT) or buffered (page cache + fdatasync)"`
-	IODepth      int          `yaml:"io-depth" help:"IO requests in flight per disk (0: the backend's default)"`
+	IODepth      int          `yaml:"io-depth" help:"IO requests in flight per disk (0: the engine's default, 96)"`
 	ReserveBytes config.Bytes `yaml:"reserve" help:"free space below which a disk takes no new partitions (0: 1GiB or 5% of the disk, whichever is smaller)"`
 	Quarantine   bool         `yaml:"quarantine" help:"move uncommitted leftovers found at start-up to <disk>/quarantine/ instead of deleting them"`
 
