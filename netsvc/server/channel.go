@@ -26,7 +26,8 @@ type channel struct {
 	cancel context.CancelFunc
 
 	mu      sync.Mutex
-	ops     []op
+	ops     []op // queued operations: ops[opHead:]; empty (opHead 0) when none
+	opHead  int
 	running bool // an owner other than the read loop's inline handling holds the state
 	ended   bool // the terminal frame is sent or decided: nothing more is sent
 	// Write credit (write and push channels): totals granted and consumed.
@@ -166,6 +167,9 @@ func (c *conn) open(h *wire.Header) error {
 	return nil
 }
 
+// keptOps is the largest queue array a drained channel keeps.
+const keptOps = 16
+
 // enqueueLocked queues an operation and makes sure a worker runs it.
 func (ch *channel) enqueueLocked(o op) {
 	ch.ops = append(ch.ops, o)
@@ -210,11 +214,20 @@ func (ch *channel) work() {
 			ch.mu.Unlock()
 			return
 		}
-		o := ch.ops[0]
-		ch.ops[0] = op{}
-		ch.ops = ch.ops[1:]
-		if len(ch.ops) == 0 {
-			ch.ops = ch.ops[:0:0] // let the backing array go: most channels queue rarely
+		o := ch.ops[ch.opHead]
+		ch.ops[ch.opHead] = op{}
+		ch.opHead++
+		if ch.opHead == len(ch.ops) {
+			// Drained: a short queue keeps its array for the next time (a
+			// write channel queues now and then, and must not allocate
+			// for it); a long one lets it go, as most channels never queue
+			// that much again.
+			ch.opHead = 0
+			if cap(ch.ops) <= keptOps {
+				ch.ops = ch.ops[:0]
+			} else {
+				ch.ops = nil
+			}
 		}
 		ended := ch.ended
 		ch.mu.Unlock()
@@ -380,7 +393,10 @@ func (c *conn) channelControl(h *wire.Header) error {
 	if ch == nil {
 		return nil // not open: discarded silently (it ended while the frame was in flight)
 	}
-	var o op
+	// Decoded into the read loop's own op (a local would escape through m
+	// and be allocated for every frame), then queued by value.
+	o := &c.ctlOp
+	*o = op{}
 	var m wire.Message
 	switch {
 	case h.Type == wire.TypeRegionStart && ch.w != nil:
@@ -415,7 +431,7 @@ func (c *conn) channelControl(h *wire.Header) error {
 		ch.release()
 		return nil
 	}
-	ch.enqueueLocked(o)
+	ch.enqueueLocked(*o)
 	ch.mu.Unlock()
 	return nil
 }

@@ -50,6 +50,8 @@ type conn struct {
 	body   []byte
 	segHdr [wire.SegmentHeaderSize]byte
 	cb     wire.CreditBatch
+	credit wire.Credit
+	ctlOp  op
 }
 
 // countingReader counts the bytes received, for idle detection: any byte
@@ -278,11 +280,10 @@ func (c *conn) dispatch(h *wire.Header) error {
 		}
 		return nil
 	case wire.TypeCredit:
-		var m wire.Credit
-		if err := c.readControl(h, &m); err != nil {
+		if err := c.readControl(h, &c.credit); err != nil {
 			return err
 		}
-		c.readCredit(h.Channel, m.Bytes, false)
+		c.readCredit(h.Channel, c.credit.Bytes, false)
 		return nil
 	case wire.TypeCloseChannel:
 		var m wire.CloseChannel

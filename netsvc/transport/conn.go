@@ -146,12 +146,16 @@ func IsRetryable(err error) bool {
 
 // Conn is one connection to a worker.
 type Conn struct {
-	cfg  Config
-	addr string
-	nc   net.Conn
-	in   countingReader
-	fr   *wire.FrameReader
-	log  *slog.Logger
+	cfg    Config
+	addr   string
+	nc     net.Conn
+	in     countingReader
+	fr     *wire.FrameReader
+	log    *slog.Logger
+	credit wire.Credit // the read loop's CREDIT
+	// fields is the read loop's READ_DATA scratch (a local would escape
+	// into FrameReader.ReadFull and be allocated for every frame).
+	fields [wire.ReadDataFieldsSize]byte
 
 	// From HELLO_ACK.
 	major    uint8
@@ -539,8 +543,12 @@ func (c *Conn) flusher() {
 
 // readLoop reads frames and hands them to their channels.
 func (c *Conn) readLoop() {
+	// One header for every frame: dispatch takes its address, so a header
+	// declared in the loop would be allocated for each frame.
+	var h wire.Header
 	for {
-		h, err := c.fr.Next()
+		var err error
+		h, err = c.fr.Next()
 		if err == nil {
 			err = c.dispatch(&h)
 		}
@@ -565,9 +573,16 @@ func (c *Conn) dispatch(h *wire.Header) error {
 	case wire.TypeHeartbeat:
 		return nil
 	}
-	m := wire.NewMessage(h.Type)
-	if h.Type == wire.TypeCreditBatch {
+	// Credit comes with every buffer or so: decoded into the read loop's
+	// own messages, it allocates nothing.
+	var m wire.Message
+	switch h.Type {
+	case wire.TypeCreditBatch:
 		m = &c.cb
+	case wire.TypeCredit:
+		m = &c.credit
+	default:
+		m = wire.NewMessage(h.Type)
 	}
 	body, err := c.fr.ReadBody(c.body)
 	if err == nil {
@@ -631,11 +646,10 @@ func (c *Conn) lookup(id uint32) channel {
 
 // readData reads a READ_DATA body into a receive buffer of its channel.
 func (c *Conn) readData(h *wire.Header) error {
-	var fields [wire.ReadDataFieldsSize]byte
-	if err := c.fr.ReadFull(fields[:]); err != nil {
+	if err := c.fr.ReadFull(c.fields[:]); err != nil {
 		return err
 	}
-	f, err := wire.DecodeReadDataFields(h, fields[:])
+	f, err := wire.DecodeReadDataFields(h, c.fields[:])
 	if err != nil {
 		return err
 	}
