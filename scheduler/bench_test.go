@@ -13,8 +13,8 @@ import (
 // 32 readers whose extents (16 KiB each) interleave through a file, so
 // every read merges the next extents of all of them; one goroutine plays
 // the network server (Notify, Poll, Release, AddCredit). An op is one chunk
-// handed out; allocs/op is the figure to watch (0 is the bar without
-// read-ahead; with it, ristretto allocates an entry per cached slot).
+// handed out; allocs/op is the figure to watch (0 is the bar, with and
+// without read-ahead).
 func BenchmarkSteadyState(b *testing.B) {
 	for _, backend := range []string{diskio.BackendURing, diskio.BackendPool} {
 		for _, ra := range []bool{false, true} {

@@ -13,12 +13,20 @@ import (
 // the file ranges [k*B, (k+1)*B) where B is the pool's buffer size, and in
 // read-ahead mode every buffer of a read lies in one slot (a read's first
 // buffer ends at its slot's end), so a later reader finds the bytes of its
-// extent with one lookup per slot. An entry holds a reference on its pool buffer, which the
-// buffer's share counts like any other; eviction drops the reference and
-// the buffer returns to the pool as soon as no chunk still uses it. The
-// cache's capacity (ristretto's MaxCost) is in bytes of whole buffers, so it
-// bounds the pool memory the cache pins exactly, up to the few entries
-// ristretto is still admitting or evicting asynchronously.
+// extent with one lookup per slot. An entry holds a reference on its pool
+// buffer, which the buffer's share counts like any other; eviction drops
+// the reference and the buffer returns to the pool as soon as no chunk
+// still uses it. The capacity is a number of whole buffers, so it bounds
+// the pool memory the cache pins exactly.
+//
+// It is a map and a ring, guarded by Scheduler.mu, not a ristretto cache
+// (which DESIGN.md names for it): read-ahead is wanted by the consumers
+// that come next, so the cache must evict first in, first out, where
+// ristretto's TinyLFU would keep the slots that served many consumers (and
+// are done) and refuse the new ones; and ristretto allocates on every Set,
+// Del and Wait, three allocations per read-ahead buffer on the server's
+// read path, which must allocate nothing per buffer. The index cache, whose
+// entries are small heap copies read again and again, stays on ristretto.
 
 // slotEntry is a cached buffer: the buffer and the generation it was filled
 // in, and what it holds: file bytes [from, from+n), inside slot.
@@ -32,38 +40,18 @@ type slotEntry struct {
 }
 
 type slotCache struct {
-	c *ristretto.Cache[uint64, slotEntry]
+	m map[uint64]slotEntry
 	// ring holds the entries put, oldest first, as many as the cache holds:
-	// putting into a full ring deletes the oldest entry first. Read-ahead
-	// is wanted by the consumers that come next, so the cache evicts first
-	// in, first out; left to itself ristretto's TinyLFU would keep the slots
-	// that served many consumers (and are done) and refuse the new ones.
-	// ristretto still bounds the cost and is the concurrent store. Guarded
-	// by Scheduler.mu.
+	// putting into a full ring evicts the oldest entry first. An entry
+	// replaced by a later put of its slot stays in the ring until its turn,
+	// and is then skipped.
 	ring    []slotEntry
 	head, n int
 }
 
-func newSlotCache(maxBytes int64, slotBytes int) (*slotCache, error) {
+func newSlotCache(maxBytes int64, slotBytes int) *slotCache {
 	entries := max(maxBytes/int64(slotBytes), 1)
-	c, err := ristretto.NewCache(&ristretto.Config[uint64, slotEntry]{
-		NumCounters:        max(10*entries, 1024),
-		MaxCost:            maxBytes,
-		BufferItems:        64,
-		IgnoreInternalCost: true,
-		// OnExit runs for every value that leaves the cache or is never
-		// admitted (eviction, rejection, replacement, deletion, Close). A
-		// deletion also reports the zero value once more.
-		OnExit: func(e slotEntry) {
-			if e.rb != nil {
-				e.rb.release()
-			}
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: read-ahead cache: %w", err)
-	}
-	return &slotCache{c: c, ring: make([]slotEntry, entries)}, nil
+	return &slotCache{m: make(map[uint64]slotEntry, entries), ring: make([]slotEntry, entries)}
 }
 
 func slotKey(file uint64, slot int64) uint64 {
@@ -77,36 +65,56 @@ func slotKey(file uint64, slot int64) uint64 {
 	return x ^ x>>31
 }
 
-// get returns the cached slot with a reference taken on its buffer, or false.
-func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
-	e, ok := c.c.Get(slotKey(file, slot))
-	if !ok || e.file != file || e.slot != slot || !e.rb.acquire(e.gen) {
+// peek returns the cached slot without taking a reference.
+func (c *slotCache) peek(file uint64, slot int64) (slotEntry, bool) {
+	e, ok := c.m[slotKey(file, slot)]
+	if !ok || e.file != file || e.slot != slot {
 		return slotEntry{}, false
 	}
 	return e, true
 }
 
-// put offers a filled buffer to the cache, deleting the oldest entry first
-// when the cache is full; it reports whether it did, and whether that entry
+// get returns the cached slot with a reference taken on its buffer, or false.
+func (c *slotCache) get(file uint64, slot int64) (slotEntry, bool) {
+	e, ok := c.peek(file, slot)
+	if !ok || !e.rb.acquire(e.gen) {
+		return slotEntry{}, false
+	}
+	return e, true
+}
+
+// put caches a filled buffer, evicting the oldest entry first when the
+// cache is full; it reports whether it evicted one, and whether that entry
 // was never used. The cache takes its own reference; the caller keeps its
 // own.
-func (c *slotCache) put(e slotEntry, cost int64) (popped, wasted bool) {
+func (c *slotCache) put(e slotEntry) (popped, wasted bool) {
 	if c.n == len(c.ring) {
 		old := c.pop()
-		// The entry is still the cache's when its buffer is still in the
-		// generation it was put in (ristretto did not drop it before).
-		popped = old.rb.gen() == old.gen
-		wasted = popped && !old.rb.used.Load()
-		c.c.Del(slotKey(old.file, old.slot))
+		if c.drop(old) {
+			popped, wasted = true, !old.rb.used.Load()
+		}
 	}
 	e.rb.ref()
-	if !c.c.Set(slotKey(e.file, e.slot), e, cost) {
-		e.rb.release() // dropped at once: the cache never saw it
-		return popped, wasted
+	k := slotKey(e.file, e.slot)
+	if prev, ok := c.m[k]; ok {
+		prev.rb.release() // replaced; its ring place is skipped later
 	}
+	c.m[k] = e
 	c.ring[(c.head+c.n)%len(c.ring)] = e
 	c.n++
 	return popped, wasted
+}
+
+// drop removes e from the map and releases the cache's reference, unless a
+// later put replaced it; it reports whether it did.
+func (c *slotCache) drop(e slotEntry) bool {
+	k := slotKey(e.file, e.slot)
+	if cur, ok := c.m[k]; !ok || cur.rb != e.rb || cur.gen != e.gen {
+		return false
+	}
+	delete(c.m, k)
+	e.rb.release()
+	return true
 }
 
 // pop takes the oldest entry off the ring.
@@ -118,25 +126,24 @@ func (c *slotCache) pop() slotEntry {
 	return e
 }
 
-// settle waits until the cache has applied every put before it: ristretto
-// admits entries asynchronously, and a reader arriving right after a read
-// completed must find its slots.
-func (c *slotCache) settle() { c.c.Wait() }
-
-// shed deletes the oldest entries, at most n, so that live reads get the
+// shed evicts the oldest entries, at most n, so that live reads get the
 // buffers read-ahead holds (a buffer returns to the pool once no chunk uses
-// it either). It reports how many it deleted; deleting an entry the cache
-// no longer has costs nothing.
+// it either). It reports how many ring places it freed.
 func (c *slotCache) shed(n int) int {
 	done := 0
 	for ; done < n && c.n > 0; done++ {
-		e := c.pop()
-		c.c.Del(slotKey(e.file, e.slot))
+		c.drop(c.pop())
 	}
 	return done
 }
 
-func (c *slotCache) close() { c.c.Close() }
+// close releases every entry.
+func (c *slotCache) close() {
+	for c.n > 0 {
+		c.drop(c.pop())
+	}
+	clear(c.m)
+}
 
 // IndexCache is a cost-bounded cache of index blocks (and any other small,
 // immutable metadata reads), keyed by (file, offset, length). Its entries

@@ -80,14 +80,14 @@
 // in one slot (the file range of one pool buffer, aligned to its size: a
 // read's first buffer ends at its slot's end), reads extend to the end of
 // the slot holding the last byte asked for (plus ReadAheadBytes), and the
-// buffers with bytes past it go into a ristretto cache keyed by (file, slot)
-// that holds their pool buffers. A reader that arrives later takes its
+// buffers with bytes past it go into a cache keyed by (file, slot) that
+// holds their pool buffers (a map and a FIFO ring: no allocation per buffer). A reader that arrives later takes its
 // bytes from the cache, or joins the read already fetching them, before it
 // queues a piece for the disk. Consumers of a partition run in subpartition
 // order, and the extents of subpartitions s and s+1 touch, so what one read
 // leaves behind is what the next consumers need. The cache evicts first in,
-// first out (ristretto's TinyLFU would keep the slots that served many
-// consumers, which are done, and refuse new ones) and holds read-ahead back
+// first out (an LFU policy, as ristretto's TinyLFU, would keep the slots
+// that served many consumers, which are done, and refuse new ones) and holds read-ahead back
 // for a while when most of what it evicts was never used: a cache too small
 // for the streams being read must not read more than no read-ahead would.
 // When nothing in flight can free a buffer, live reads take buffers back

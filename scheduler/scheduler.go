@@ -295,9 +295,7 @@ func New(cfg Config) (*Scheduler, error) {
 	s.batch = make([]*diskio.Request, 0, s.maxBufs)
 	var err error
 	if s.slotMode {
-		if s.cache, err = newSlotCache(cfg.CacheBytes, bufBytes); err != nil {
-			return nil, err
-		}
+		s.cache = newSlotCache(cfg.CacheBytes, bufBytes)
 		s.inflightSlots = make(map[uint64]*readBuf)
 	}
 	if cfg.IndexCacheBytes > 0 {

@@ -232,8 +232,8 @@ func (s *Scheduler) slotReady(it *item) bool {
 		return true
 	}
 	slot := it.off / int64(s.bufBytes)
-	e, ok := s.cache.c.Get(slotKey(it.fi.khash, slot))
-	return ok && e.file == it.fi.khash && e.slot == slot && it.off >= e.from && it.off < e.from+int64(e.n)
+	e, ok := s.cache.peek(it.fi.khash, slot)
+	return ok && it.off >= e.from && it.off < e.from+int64(e.n)
 }
 
 // Read-ahead pays when what it keeps is used before it is evicted. When
@@ -496,17 +496,12 @@ func (s *Scheduler) complete(req *diskio.Request) {
 		// Read-ahead: the slots past the last byte a reader asked for are
 		// kept for readers yet to come.
 		bb := int64(s.bufBytes)
-		put := false
 		for _, rb := range rd.bufs {
 			if rb.off+int64(rb.want) <= rd.claimedEnd || rb.err != nil || rb.n == 0 {
 				continue
 			}
-			popped, wasted := s.cache.put(slotEntry{rb: rb, gen: rb.gen(), file: rd.fi.khash, slot: rb.off / bb, from: rb.off, n: rb.n}, bb)
+			popped, wasted := s.cache.put(slotEntry{rb: rb, gen: rb.gen(), file: rd.fi.khash, slot: rb.off / bb, from: rb.off, n: rb.n})
 			s.noteEviction(popped, wasted)
-			put = true
-		}
-		if put {
-			s.cache.settle()
 		}
 	}
 	for i, rb := range rd.bufs {
