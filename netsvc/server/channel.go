@@ -238,7 +238,9 @@ func (ch *channel) work() {
 // run executes one operation as the channel's owner.
 func (ch *channel) run(o *op, ended bool) {
 	if ended && o.kind != opClose && o.kind != opDrop {
-		if o.stage != nil {
+		if o.kind == opData {
+			// A body staged in heap memory (larger than a pool buffer) has
+			// no stage, but its connection memory is held all the same.
 			ch.c.stage.release(o.stage, o.n)
 			ch.c.mem.release(int64(o.n))
 		}
