@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,16 +95,27 @@ func (s mapSpec) nRegions() int { return max(s.regions, 1) }
 // with s.buffers buffers of every subpartition.
 func writeMap(t testing.TB, c *transport.Conn, s mapSpec) *wire.WriteCommitted {
 	t.Helper()
-	ctx := ctxT(t)
-	w, err := transport.OpenWrite(ctx, c, &wire.WriteOpen{Map: s.mapIndex, Attempt: s.at, Subpartitions: s.subs, Codec: wire.CodecNone,
-		MaxBufferBytes: uint32(wire.BufferHeaderSize + s.size + 8), Job: []byte(s.job), Dataset: []byte(s.ds)})
+	wc, err := writeMapCtx(ctxT(t), c, s, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return wc
+}
+
+// writeMapCtx is writeMap for any goroutine: it returns its error. With
+// abandonAfter ≥ 0 it closes the channel after that many buffers instead of
+// committing (the partition is discarded) and returns nil, nil.
+func writeMapCtx(ctx context.Context, c *transport.Conn, s mapSpec, abandonAfter int) (*wire.WriteCommitted, error) {
+	w, err := transport.OpenWrite(ctx, c, &wire.WriteOpen{Map: s.mapIndex, Attempt: s.at, Subpartitions: s.subs, Codec: wire.CodecNone,
+		MaxBufferBytes: uint32(wire.BufferHeaderSize + s.size + 8), Job: []byte(s.job), Dataset: []byte(s.ds)})
+	if err != nil {
+		return nil, err
+	}
 	var totals wire.WriteTotals
+	sent := 0
 	for region := range s.nRegions() {
 		if err := w.StartRegion(wire.RegionStart{Region: uint32(region), Broadcast: s.broadcastRegion(region)}); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		rf := wire.RegionFinish{Region: uint32(region)}
 		subs := []uint32{}
@@ -116,26 +129,26 @@ func writeMap(t testing.TB, c *transport.Conn, s mapSpec) *wire.WriteCommitted {
 		}
 		for _, sub := range subs {
 			for i := range s.buffers {
+				if sent == abandonAfter {
+					return nil, w.Close(ctx, wire.CodeOK, "abandoned by the test")
+				}
 				f := bufferFrame(sub, testData(s.size, s.mapIndex, sub, uint32(region*s.buffers+i)))
 				stored := f[wire.HeaderSize:]
 				totals.Add(stored, len(stored))
 				rf.Buffers++
 				rf.StoredBytes += uint64(len(stored))
 				if err := w.Write(ctx, f); err != nil {
-					t.Fatal(err)
+					return nil, err
 				}
+				sent++
 			}
 		}
 		if err := w.FinishRegion(rf); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
 	totals.Regions = uint32(s.nRegions())
-	wc, err := w.Finish(ctx, totals)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return wc
+	return w.Finish(ctx, totals)
 }
 
 // readAll reads a channel to its end and returns the stored bytes.
@@ -156,6 +169,15 @@ func readAll(ctx context.Context, r *transport.ReadChannel) ([]byte, error) {
 
 // checkMapRead checks the stored bytes read for subpartitions [lo, hi).
 func checkMapRead(s mapSpec, lo, hi uint32, got []byte) error {
+	if want := mapStored(s, lo, hi); !bytes.Equal(got, want) {
+		return fmt.Errorf("read %d bytes for [%d, %d), want %d (equal prefix %d)", len(got), lo, hi, len(want), commonPrefix(got, want))
+	}
+	return nil
+}
+
+// mapStored is what a read of subpartitions [lo, hi) of s returns: the
+// stored buffers, in file order.
+func mapStored(s mapSpec, lo, hi uint32) []byte {
 	var want []byte
 	for region := range s.nRegions() {
 		subs := []uint32{}
@@ -173,10 +195,7 @@ func checkMapRead(s mapSpec, lo, hi uint32, got []byte) error {
 			}
 		}
 	}
-	if !bytes.Equal(got, want) {
-		return fmt.Errorf("read %d bytes for [%d, %d), want %d (equal prefix %d)", len(got), lo, hi, len(want), commonPrefix(got, want))
-	}
-	return nil
+	return want
 }
 
 func commonPrefix(a, b []byte) int {
@@ -207,4 +226,28 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// serverGoroutines returns the stacks of the goroutines running code of
+// the server or the client transport, but for the worker's accept loop.
+func serverGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "(*Server).Serve(") {
+			continue
+		}
+		if strings.Contains(g, "sluice/netsvc/server.") || strings.Contains(g, "sluice/netsvc/transport.") {
+			out = append(out, g)
+		}
+	}
+	return out
 }

@@ -344,6 +344,9 @@ func (s *Server) maybeFinalize(rp *engine.ReducePartition) {
 	}
 	go func() {
 		defer s.finalizing.Delete(rp)
+		if rp.Finalized() {
+			return // by the call of another last commit, which ended before this one began
+		}
 		if _, err := rp.Finalize(context.Background()); err != nil {
 			s.log.Warn("server: finalizing a ReducePartition", "partition", rp.Ref(), "err", err)
 			return

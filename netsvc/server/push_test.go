@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func (p *pushed) payloadBytes(n int) uint64 {
 }
 
 func (p *pushed) open(ctx context.Context, c *transport.Conn) (*transport.PushChannel, error) {
-	maxSeg := 0
+	maxSeg := wire.SegmentHeaderSize + 64 // a channel that pushes nothing says something valid
 	for _, n := range p.sizes {
 		maxSeg = max(maxSeg, wire.SegmentHeaderSize+n+8)
 	}
@@ -314,5 +315,58 @@ func TestCheckReduceRead(t *testing.T) {
 		if checkReduceRead([]*pushed{a, b}, bad) == nil {
 			t.Errorf("%s: not caught", name)
 		}
+	}
+}
+
+// TestFinalizedOnce: the worker finalizes a ReducePartition when its last
+// producer commits, once, however close together the last commits come
+// (here every producer's PUSH_COMMIT leaves in the same TCP write).
+func TestFinalizedOnce(t *testing.T) {
+	const partitions, maps = 100, 2
+	w := worktest.Start(t, worktest.Config{})
+	c := dial(t, w.Addr)
+	ctx := ctxT(t)
+	var all []*transport.PushChannel
+	for reduce := range partitions {
+		var chans []*transport.PushChannel
+		for m := range maps {
+			p := (&pushed{job: "job", ds: "once", reduce: uint32(reduce), maps: maps, mapIndex: uint32(m)}).withSizes(1, 100)
+			ch, err := p.open(ctx, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.push(ctx, ch, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := ch.WaitHeld(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			chans = append(chans, ch)
+		}
+		for m, ch := range chans {
+			p := (&pushed{job: "job", ds: "once", reduce: uint32(reduce), maps: maps, mapIndex: uint32(m)}).withSizes(1, 100)
+			if err := ch.SendCommit(1, p.payloadBytes(1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all = append(all, chans...)
+	}
+	for _, ch := range all {
+		if _, err := ch.WaitCommitted(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for reduce := range partitions {
+		if _, _, err := readReduce(ctx, c, "job", "once", uint32(reduce), 64<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every partition is finalized (its read succeeded); a finalize still
+	// running could only count once more.
+	waitFor(t, "the finalizing goroutines to end", func() bool {
+		return !strings.Contains(strings.Join(serverGoroutines(), "\n"), "(*Server).maybeFinalize")
+	})
+	if got := w.Server.Stats().Finalized; got != partitions {
+		t.Fatalf("%d ReducePartitions finalized by the worker, want %d", got, partitions)
 	}
 }
