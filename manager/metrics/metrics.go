@@ -5,6 +5,7 @@
 //	/metrics   Prometheus exposition
 //	/healthz   liveness: 200 while the process works (Kubernetes livenessProbe)
 //	/readyz    readiness: 200 when the process can do its job (readinessProbe)
+//	/debug/pprof/  the Go profiler (net/http/pprof): CPU, heap, goroutines
 //
 // The manager and the worker both use it, each registering its own
 // collectors (the worker its engine counters) on its own registry, so that
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +47,11 @@ func Handler(g prometheus.Gatherer, checks Checks) *http.ServeMux {
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("/healthz", probe(checks.Live))
 	mux.HandleFunc("/readyz", probe(checks.Ready))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -110,17 +110,21 @@ type E2ERun struct {
 	BaselineMiBs        float64 `json:"baseline_mib_s"`
 	// CPU seconds: this process and the worker (Sluice), this process
 	// (baseline).
-	SluiceCPU       float64 `json:"sluice_cpu_s"`
-	WorkerCPU       float64 `json:"worker_cpu_s"`
-	BaselineCPU     float64 `json:"baseline_cpu_s"`
-	WorkerRSSMiB    float64 `json:"worker_rss_mib"`    // peak (VmHWM)
-	WorkerPoolMiB   float64 `json:"worker_pool_mib"`   // the pool it was given
-	StoredBytes     int64   `json:"stored_bytes"`      // what the worker stored
-	BaselineStored  int64   `json:"baseline_stored"`   // what the baseline wrote
-	Records         int64   `json:"records"`           // records read, each side
-	BaselineFirst   bool    `json:"baseline_first"`    // which side ran first
-	WorkerStagedMiB float64 `json:"worker_staged_mib"` // received bytes staged (not zero copy)
-	ClientRetries   uint64  `json:"client_read_retries"`
+	SluiceCPU     float64 `json:"sluice_cpu_s"`
+	WorkerCPU     float64 `json:"worker_cpu_s"`
+	BaselineCPU   float64 `json:"baseline_cpu_s"`
+	WorkerRSSMiB  float64 `json:"worker_rss_mib"`  // peak (VmHWM)
+	WorkerPoolMiB float64 `json:"worker_pool_mib"` // the pool it was given
+	StoredBytes   int64   `json:"stored_bytes"`    // what the worker stored
+	// WorkerDiskReadBytes is what the worker read from the device in the
+	// read phase (/proc/pid/io read_bytes): StoredBytes plus headers and
+	// index blocks when every stored byte is read once.
+	WorkerDiskReadBytes int64   `json:"worker_disk_read_bytes"`
+	BaselineStored      int64   `json:"baseline_stored"`   // what the baseline wrote
+	Records             int64   `json:"records"`           // records read, each side
+	BaselineFirst       bool    `json:"baseline_first"`    // which side ran first
+	WorkerStagedMiB     float64 `json:"worker_staged_mib"` // received bytes staged (not zero copy)
+	ClientRetries       uint64  `json:"client_read_retries"`
 }
 
 // E2EReport is the medians of the runs.
@@ -297,8 +301,11 @@ func procCPU(pid int) (float64, error) {
 }
 
 // procStatusKiB reads a "VmRSS:"-style field of /proc/pid/status in KiB.
-func procStatusKiB(pid int, field string) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+func procStatusKiB(pid int, field string) (float64, error) { return procField(pid, "status", field) }
+
+// procField reads the number after "field:" in /proc/pid/file.
+func procField(pid int, file, field string) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	if err != nil {
 		return 0, err
 	}
@@ -310,7 +317,7 @@ func procStatusKiB(pid int, field string) (float64, error) {
 			}
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/%s", field, pid, file)
 }
 
 // WorkerProcess is a `sluice worker` child process.
@@ -438,6 +445,7 @@ func (c *E2EConfig) sluice(ctx context.Context, gen *corpus, run *E2ERun) (err e
 		return fmt.Errorf("sluice write phase: %w", err)
 	}
 	t1 := time.Now()
+	rb0, _ := procField(pid, "io", "read_bytes")
 	var tl tally
 	var retries atomic.Uint64
 	err = parallel(ctx, c.Reducers, c.Consumers, func(r int) error {
@@ -462,6 +470,9 @@ func (c *E2EConfig) sluice(ctx context.Context, gen *corpus, run *E2ERun) (err e
 		return fmt.Errorf("sluice read phase: %w", err)
 	}
 	t2 := time.Now()
+	if rb1, err := procField(pid, "io", "read_bytes"); err == nil {
+		run.WorkerDiskReadBytes = int64(rb1 - rb0)
+	}
 	run.SluiceCPU = selfCPU() - cpu0
 	wcpu1, err := procCPU(pid)
 	if err != nil {

@@ -94,15 +94,16 @@ consumers' record counts and checksums must match.
 		Log:           slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	fmt.Fprintf(stdout, "shuffle of %v (%s records of ~%d bytes), %d maps x %d reducers, %s partitions\n", size, *records, *recordBytes, *maps, *reducers, *mode)
-	fmt.Fprintf(stdout, "%-4s %-8s %12s %8s %8s %12s %8s %8s %9s %9s %9s\n", "run", "first", "sluice MiB/s", "write s", "read s", "local MiB/s", "write s", "read s", "cpu s/GiB", "local cpu", "rss MiB")
+	fmt.Fprintf(stdout, "%-4s %-8s %12s %8s %8s %12s %8s %8s %9s %9s %9s %7s\n", "run", "first", "sluice MiB/s", "write s", "read s", "local MiB/s", "write s", "read s", "cpu s/GiB", "local cpu", "rss MiB", "reads x")
 	rep, err := bench.E2ERuns(ctx, cfg, *runs, func(i int, r bench.E2ERun) {
 		first := "sluice"
 		if r.BaselineFirst {
 			first = "local"
 		}
 		gib := float64(size) / (1 << 30)
-		fmt.Fprintf(stdout, "%-4d %-8s %12.0f %8.1f %8.1f %12.0f %8.1f %8.1f %9.2f %9.2f %9.0f\n", i+1, first, r.SluiceMiBs, r.SluiceWriteSeconds, r.SluiceReadSeconds,
-			r.BaselineMiBs, r.BaselineWriteSecond, r.BaselineReadSeconds, (r.SluiceCPU+r.WorkerCPU)/gib, r.BaselineCPU/gib, r.WorkerRSSMiB)
+		fmt.Fprintf(stdout, "%-4d %-8s %12.0f %8.1f %8.1f %12.0f %8.1f %8.1f %9.2f %9.2f %9.0f %7.2f\n", i+1, first, r.SluiceMiBs, r.SluiceWriteSeconds, r.SluiceReadSeconds,
+			r.BaselineMiBs, r.BaselineWriteSecond, r.BaselineReadSeconds, (r.SluiceCPU+r.WorkerCPU)/gib, r.BaselineCPU/gib, r.WorkerRSSMiB,
+			float64(r.WorkerDiskReadBytes)/float64(max(r.StoredBytes, 1)))
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice bench e2e: %v\n", err)

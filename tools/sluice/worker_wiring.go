@@ -53,6 +53,7 @@ type workerConfig struct {
 	BufferSize   config.Bytes `yaml:"buffer-size" help:"size of one pool buffer: the unit of disk writes and reads (a multiple of the disks' DIO alignment)"`
 	WriteShare   float64      `yaml:"write-share" help:"fraction of the pool for write buffers, split evenly over the disks"`
 	ReadShare    float64      `yaml:"read-share" help:"fraction of the pool for read buffers, split evenly over the disks (the rest: network staging)"`
+	ReadAhead    float64      `yaml:"read-ahead" help:"fraction of each disk's read buffers that read-ahead may hold, at most 0.5 (0: the read scheduler's default, 0.5; negative: no read-ahead)"`
 	IOBackend    string       `yaml:"io-backend" help:"disk IO: auto, uring (io_uring, O_DIRECT), pool (pread/pwrite, O_DIRECT) or buffered (page cache + fdatasync)"`
 	IODepth      int          `yaml:"io-depth" help:"IO requests in flight per disk (0: the engine's default, 96)"`
 	ReserveBytes config.Bytes `yaml:"reserve" help:"free space below which a disk takes no new partitions (0: 1GiB or 5% of the disk, whichever is smaller)"`
@@ -115,6 +116,9 @@ func (c *workerConfig) validate() error {
 		bad("buffer-size: %v must be a multiple of 4KiB, at most 64MiB", c.BufferSize)
 	} else if c.PoolSize < 16*c.BufferSize {
 		bad("pool-size: %v holds fewer than 16 buffers of %v", c.PoolSize, c.BufferSize)
+	}
+	if c.ReadAhead > 0.5 {
+		bad("read-ahead %v: at most half of the read buffers may be held ahead", c.ReadAhead)
 	}
 	if c.WriteShare <= 0 || c.ReadShare <= 0 || c.WriteShare+c.ReadShare >= 1 {
 		bad("write-share %v and read-share %v must be positive and leave part of the pool for network staging", c.WriteShare, c.ReadShare)
@@ -209,7 +213,14 @@ func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *wo
 	log.Info("sluice worker: disks recovered", "worker", rep.WorkerID, "partitions", len(rep.Partitions), "lost", len(rep.Lost), "took", rep.Duration)
 	readBufs := max(int(float64(w.pool.Stats().Buffers)*cfg.ReadShare)/len(cfg.DataDirs), 8)
 	for _, d := range w.store.Disks() {
-		sc, err := scheduler.New(scheduler.Config{IO: d.IO(), Buffers: w.pool.NewShare("read "+d.Path(), readBufs), Trace: cfg.traceReads})
+		var cache int64
+		switch {
+		case cfg.ReadAhead < 0:
+			cache = -1
+		case cfg.ReadAhead > 0:
+			cache = max(int64(float64(readBufs)*cfg.ReadAhead)*int64(cfg.BufferSize), 1)
+		}
+		sc, err := scheduler.New(scheduler.Config{IO: d.IO(), Buffers: w.pool.NewShare("read "+d.Path(), readBufs), CacheBytes: cache, Trace: cfg.traceReads})
 		if err != nil {
 			return w, fmt.Errorf("read scheduler of %s: %w", d.Path(), err)
 		}
