@@ -71,3 +71,34 @@ func testRangeReads(t *testing.T, c *transport.Conn, s mapSpec) {
 		}
 	}
 }
+
+// TestMapBuffersAboveEngineRoom: a producer whose stored buffers are
+// larger than what the engine writer holds without waiting (its spare
+// pool buffers) still gets credit for a whole buffer: each is written and
+// read back. The server granted only what the engine had room for, which
+// never reached one buffer, and the channel waited for credit forever.
+func TestMapBuffersAboveEngineRoom(t *testing.T) {
+	w := worktest.Start(t, worktest.Config{BufferBytes: 64 << 10, PoolBytes: 16 << 20})
+	c := dial(t, w.Addr)
+	for _, size := range []int{100 << 10, 300 << 10, 1 << 20} {
+		s := mapSpec{job: "job", ds: "big", mapIndex: uint32(size), subs: 3, buffers: 2, size: size}
+		ctx, cancel := context.WithTimeout(ctxT(t), 20*time.Second)
+		wc, err := writeMapCtx(ctx, c, s, -1)
+		cancel()
+		if err != nil {
+			t.Fatalf("buffers of %d bytes: %v", size, err)
+		}
+		if wc.Buffers != 6 {
+			t.Fatalf("buffers of %d bytes: committed %+v", size, wc)
+		}
+		rc := openMapRead(t, c, s, 0, 3, 4<<20)
+		got, err := readAll(ctxT(t), rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkMapRead(s, 0, 3, got); err != nil {
+			t.Fatalf("buffers of %d bytes: %v", size, err)
+		}
+	}
+	waitFor(t, "channels to close", func() bool { return w.Server.Stats().Channels == 0 })
+}

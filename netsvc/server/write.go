@@ -82,6 +82,10 @@ func (wc *writeChan) open(req *openReq) {
 	ch, c := wc.ch, wc.ch.c
 	m := &req.write
 	wc.maxBuf, wc.subs = int(m.MaxBufferBytes), m.Subpartitions
+	if int64(wc.maxBuf) > c.mem.limit {
+		ch.end(wire.CodeInvalidArgument, fmt.Sprintf("max buffer bytes %d above the connection's memory, %d bytes", wc.maxBuf, c.mem.limit))
+		return
+	}
 	w, err := c.s.store.CreateMap(ch.ctx, engine.MapSpec{Job: req.job, Dataset: req.ds, Map: m.Map, Attempt: m.Attempt,
 		Subpartitions: m.Subpartitions, Codec: m.Codec, SizeHint: int64(m.SizeHint)})
 	if err != nil {
@@ -116,7 +120,13 @@ func (wc *writeChan) creditWantLocked() uint64 {
 	if out >= uint64(wc.maxBuf) && want < uint64(wc.maxBuf) {
 		return 0 // not worth a frame yet
 	}
-	return uint64(ch.c.mem.take(int64(want), int64(wc.maxBuf)-int64(out)))
+	// The client may need room for a whole buffer of maxBuf before it can
+	// send anything. A writer that takes less without waiting (buffers
+	// larger than its spare pool buffers) still gets one: the body waits
+	// in connection memory for the engine, as under back-pressure.
+	need := int64(wc.maxBuf) - int64(out)
+	want = max(want, uint64(max(need, 0)))
+	return uint64(ch.c.mem.take(int64(want), need))
 }
 
 // needCreditLocked is called when the client cannot send its next buffer:
