@@ -136,12 +136,29 @@ func (b *base) closeChannel(ctx context.Context, reason wire.Code, msg string) e
 	m := wire.CloseChannel{Reason: reason, Message: []byte(msg)}
 	id := b.chID
 	b.c.queueCtl(func(dst []byte) []byte { return m.AppendFrame(dst, b.c.major, id) })
-	err := b.wait(ctx, func() bool { return b.closedAck })
-	var ce *ConnError
-	if errors.As(err, &ce) {
-		return nil // the connection is gone: so is the channel
+	return b.waitClosed(ctx)
+}
+
+// waitClosed waits for the CHANNEL_CLOSED answering a CLOSE_CHANNEL. A
+// terminal message that crossed the CLOSE_CHANNEL ends the channel but not
+// the wait: the server answers every CLOSE_CHANNEL, and the id stays in use
+// until it does. A lost connection ends both.
+func (b *base) waitClosed(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		ack := b.closedAck
+		b.mu.Unlock()
+		if ack {
+			return nil
+		}
+		select {
+		case <-b.wake:
+		case <-b.c.done:
+			return nil // the connection is gone: so is the channel
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	return err
 }
 
 func outOfOrder(id uint32, t wire.Type, kind string) error {
