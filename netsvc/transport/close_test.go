@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"testing"
@@ -10,27 +11,23 @@ import (
 	"github.com/sluice-shuffle/sluice/netsvc/wire"
 )
 
-// crossingServer speaks just enough of the protocol for one connection: it
-// accepts the HELLO, opens read channels, and answers each CLOSE_CHANNEL
-// with the channel's READ_END and then CHANNEL_CLOSED, as a worker does
-// when the end of the stream was already on its way (PROTOCOL.md: a
-// terminal message crossing a CLOSE_CHANNEL).
-func crossingServer(lis net.Listener) error {
+// fakeWorker speaks just enough of the protocol for one connection: it
+// accepts the HELLO with ack, then hands every frame to handle until handle
+// returns an error (errStop ends it quietly).
+func fakeWorker(lis net.Listener, ack wire.HelloAck, handle func(nc net.Conn, v uint8, h *wire.Header) error) error {
 	nc, err := lis.Accept()
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	fr := wire.NewFrameReader(nc, wire.HeaderRules{MaxFrameBytes: 1 << 20, Receiver: wire.SideServer})
-	body := make([]byte, 1<<16)
+	fr := wire.NewFrameReader(nc, wire.HeaderRules{MaxFrameBytes: ack.MaxFrameBytes, Receiver: wire.SideServer})
+	body := make([]byte, ack.MaxFrameBytes)
 	if _, err := fr.Next(); err != nil {
 		return err
 	}
 	if _, err := fr.ReadBody(body); err != nil {
 		return err
 	}
-	ack := wire.HelloAck{Version: wire.Current, MaxFrameBytes: 1 << 20, MaxChannels: 8, MemoryBytes: 1 << 20,
-		HeartbeatMillis: 1000, IdleTimeoutMillis: 10000}
 	if _, err := nc.Write(ack.AppendFrame(nil)); err != nil {
 		return err
 	}
@@ -44,27 +41,39 @@ func crossingServer(lis net.Listener) error {
 		if _, err := fr.ReadBody(body); err != nil {
 			return err
 		}
-		var out []byte
-		switch h.Type {
-		case wire.TypeReadOpen:
-			out = wire.AppendFrame(out, v, h.Channel, &wire.ReadOpened{Count: 4})
-		case wire.TypeCloseChannel:
-			// The READ_END first, alone, so that the client sees the
-			// channel end while its Close waits.
-			if _, err := nc.Write(wire.AppendFrame(nil, v, h.Channel, &wire.ReadEnd{})); err != nil {
-				return err
+		if err := handle(nc, v, &h); err != nil {
+			if err == errStop {
+				return nil
 			}
-			time.Sleep(20 * time.Millisecond)
-			out = wire.AppendFrame(out, v, h.Channel, &wire.ChannelClosed{})
-		case wire.TypeCredit, wire.TypeCreditBatch, wire.TypeHeartbeat:
-			continue
-		default:
-			return fmt.Errorf("unexpected %v", h.Type)
-		}
-		if _, err := nc.Write(out); err != nil {
 			return err
 		}
 	}
+}
+
+var errStop = fmt.Errorf("stop")
+
+func testAck(idle time.Duration) wire.HelloAck {
+	return wire.HelloAck{Version: wire.Current, MaxFrameBytes: 1 << 20, MaxChannels: 8, MemoryBytes: 1 << 30,
+		HeartbeatMillis: uint32(idle.Milliseconds() / 3), IdleTimeoutMillis: uint32(idle.Milliseconds())}
+}
+
+func startFake(t *testing.T, ack wire.HelloAck, handle func(nc net.Conn, v uint8, h *wire.Header) error) (*Conn, chan error) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	served := make(chan error, 1)
+	go func() { served <- fakeWorker(lis, ack, handle) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, lis.Addr().String(), Config{ClientID: t.Name()})
+	if err != nil {
+		t.Fatal(err, <-served)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, served
 }
 
 // TestCloseCrossingReadEnd: a READ_END that crosses the reader's
@@ -72,20 +81,30 @@ func crossingServer(lis net.Listener) error {
 // and succeeds, and the id is free afterwards. Close returned "the channel
 // has ended" and left the id in use.
 func TestCloseCrossingReadEnd(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	served := make(chan error, 1)
-	go func() { served <- crossingServer(lis) }()
+	// The fake answers each CLOSE_CHANNEL with the channel's READ_END, then,
+	// a moment later, CHANNEL_CLOSED, as a worker does when the end of the
+	// stream was already on its way.
+	c, served := startFake(t, testAck(10*time.Second), func(nc net.Conn, v uint8, h *wire.Header) error {
+		var out []byte
+		switch h.Type {
+		case wire.TypeReadOpen:
+			out = wire.AppendFrame(out, v, h.Channel, &wire.ReadOpened{Count: 4})
+		case wire.TypeCloseChannel:
+			if _, err := nc.Write(wire.AppendFrame(nil, v, h.Channel, &wire.ReadEnd{})); err != nil {
+				return err
+			}
+			time.Sleep(20 * time.Millisecond)
+			out = wire.AppendFrame(out, v, h.Channel, &wire.ChannelClosed{})
+		case wire.TypeCredit, wire.TypeCreditBatch, wire.TypeHeartbeat:
+			return nil
+		default:
+			return fmt.Errorf("unexpected %v", h.Type)
+		}
+		_, err := nc.Write(out)
+		return err
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, lis.Addr().String(), Config{ClientID: t.Name()})
-	if err != nil {
-		t.Fatal(err, <-served)
-	}
-	defer c.Close()
 	for i := range 3 {
 		r, err := OpenRead(ctx, c, wire.ReadOpen{Kind: wire.PartitionMap, SubEnd: 4, Job: []byte("j"), Dataset: []byte("d")}, 0, nil)
 		if err != nil {
@@ -100,6 +119,51 @@ func TestCloseCrossingReadEnd(t *testing.T) {
 	}
 	c.Close()
 	if err := <-served; err == nil {
-		t.Fatal("the server ended without an error")
+		t.Fatal("the fake worker ended without seeing the connection close")
+	}
+}
+
+// TestIdleWhileWriteBlocked: a worker that stops reading and sending
+// leaves the client's data write blocked on a full socket, holding the
+// connection's write lock. The idle timeout still ends the connection, and
+// the blocked write returns its error: the check ran on the goroutine that
+// waited for that lock, so the write hung for as long as the socket stayed
+// open.
+func TestIdleWhileWriteBlocked(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	c, _ := startFake(t, testAck(idle), func(nc net.Conn, v uint8, h *wire.Header) error {
+		if h.Type != wire.TypeWriteOpen {
+			return nil
+		}
+		if _, err := nc.Write(wire.AppendFrame(nil, v, h.Channel, &wire.WriteOpened{Credit: 1<<32 - 1})); err != nil {
+			return err
+		}
+		select {} // reads nothing more, sends nothing more
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := OpenWrite(ctx, c, &wire.WriteOpen{Map: 1, Subpartitions: 1, Codec: wire.CodecNone, MaxBufferBytes: 1 << 20,
+		Job: []byte("j"), Dataset: []byte("d")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := make([]byte, wire.HeaderSize+1<<20-64)
+	wrote := make(chan error, 1)
+	go func() {
+		for {
+			if err := w.Write(ctx, frame); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-wrote:
+		var ce *ConnError
+		if !errors.As(err, &ce) || !errors.Is(err, wire.CodeIdleTimeout) {
+			t.Fatalf("the blocked write ended with %v, want the connection's IDLE_TIMEOUT", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the write stayed blocked on a worker that reads nothing, past the idle timeout")
 	}
 }

@@ -11,7 +11,9 @@
 // flusher goroutine; data frames are written by the caller, together with
 // whatever control frames are queued before them, in one writev: the
 // stored buffer travels from the caller's memory to the socket without a
-// copy (the 20-byte frame header goes into headroom in front of it).
+// copy (the 20-byte frame header goes into headroom in front of it). A
+// watchdog goroutine ends a connection that received nothing for the idle
+// timeout, even while writes are blocked on a worker that reads nothing.
 //
 // Errors: a broken or lost connection fails every channel on it with a
 // *ConnError (retryable); an ERROR from the worker is a *RemoteError with
@@ -173,6 +175,9 @@ type Conn struct {
 	credCh  []*ReadChannel
 	flushC  chan struct{}
 	last    atomic.Int64 // unix nanos of the last write
+	// ending is the fatal error being sent: the connection's error, rather
+	// than what a write it interrupts returns.
+	ending atomic.Pointer[ConnError]
 
 	mu      sync.Mutex
 	chans   map[uint32]channel
@@ -229,6 +234,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 	c.last.Store(time.Now().UnixNano())
 	go c.readLoop()
 	go c.flusher()
+	go c.watchdog()
 	return c, nil
 }
 
@@ -335,6 +341,9 @@ func (c *Conn) CloseGracefully(ctx context.Context) error {
 
 // failConn ends the connection: every channel fails with err.
 func (c *Conn) failConn(err error) {
+	if e := c.ending.Load(); e != nil {
+		err = e
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -355,12 +364,17 @@ func (c *Conn) failConn(err error) {
 // (PROTOCOL.md: a client does not repair a broken server).
 func (c *Conn) fatal(e *wire.Error) {
 	e.Fatal, e.Channel = true, 0
+	ce := &ConnError{Addr: c.addr, Err: e}
+	c.ending.CompareAndSwap(nil, ce)
 	m := wire.NewErrorMsg(e, wire.MinSupported, wire.Current)
+	// A write blocked on a worker that reads nothing holds wmu: the
+	// deadline ends it (its error gives way to ce) and frees the lock.
+	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.wmu.Lock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.nc.Write(m.AppendFrame(nil, c.major, 0))
 	c.wmu.Unlock()
-	c.failConn(&ConnError{Addr: c.addr, Err: e})
+	c.failConn(ce)
 }
 
 // register opens a channel id for ch (taking a slot of the worker's
@@ -498,26 +512,17 @@ func (c *Conn) writeData(frame []byte) error {
 	return nil
 }
 
-// flusher writes queued control frames and heartbeats, and ends a
-// connection that has received nothing for the idle timeout.
+// flusher writes queued control frames and heartbeats.
 func (c *Conn) flusher() {
 	hb := time.Duration(c.limits.HeartbeatMillis) * time.Millisecond
-	idle := time.Duration(c.limits.IdleTimeoutMillis) * time.Millisecond
-	t := time.NewTicker(max(min(hb, idle-hb)/4, 10*time.Millisecond))
+	t := time.NewTicker(max(hb/4, 10*time.Millisecond))
 	defer t.Stop()
-	lastRecv, recvAt := c.in.n.Load(), time.Now()
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-c.flushC:
 		case now := <-t.C:
-			if n := c.in.n.Load(); n != lastRecv {
-				lastRecv, recvAt = n, now
-			} else if now.Sub(recvAt) >= idle {
-				c.fatal(&wire.Error{Code: wire.CodeIdleTimeout, Msg: fmt.Sprintf("nothing received from the worker for %v", idle)})
-				return
-			}
 			if now.Sub(time.Unix(0, c.last.Load())) >= hb {
 				var m wire.Heartbeat
 				c.queueCtl(func(dst []byte) []byte { return m.AppendFrame(dst, c.major) })
@@ -537,6 +542,30 @@ func (c *Conn) flusher() {
 		}
 		if len(ctl) > 0 {
 			c.last.Store(time.Now().UnixNano())
+		}
+	}
+}
+
+// watchdog ends a connection that has received nothing for the idle
+// timeout. It is a goroutine of its own: the flusher, or a data write, may
+// be blocked on a worker that reads nothing, and the timeout must fire all
+// the same.
+func (c *Conn) watchdog() {
+	idle := time.Duration(c.limits.IdleTimeoutMillis) * time.Millisecond
+	t := time.NewTicker(max(idle/8, 10*time.Millisecond))
+	defer t.Stop()
+	lastRecv, recvAt := c.in.n.Load(), time.Now()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			if n := c.in.n.Load(); n != lastRecv {
+				lastRecv, recvAt = n, now
+			} else if now.Sub(recvAt) >= idle {
+				c.fatal(&wire.Error{Code: wire.CodeIdleTimeout, Msg: fmt.Sprintf("nothing received from the worker for %v", idle)})
+				return
+			}
 		}
 	}
 }
