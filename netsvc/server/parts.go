@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-shuffle/sluice/engine"
@@ -14,13 +15,19 @@ import (
 // them. Consumers of one dataset read every producer's partition at about
 // the same time, and each open costs a few small direct reads (header,
 // footer, directory) and a file descriptor: a thousand consumers of 64
-// producers would otherwise open 64,000 files. An entry stays open while a
+// producers would otherwise open 64,000 files. One channel opens a
+// partition; the channels that want it meanwhile wait for that open rather
+// than each opening it too (10,000 channels opened at once on one
+// partition opened it thousands of times, each with its header buffer:
+// tens of MiB of garbage at the worker's peak). An entry stays open while a
 // channel uses it and for idleKeep afterwards (at most idleMax such), so
 // consumers that come one after the other find it too.
 type partCache struct {
 	store *engine.Store
 	sched func(*engine.Disk) *scheduler.Scheduler
 	log   *slog.Logger
+
+	opens atomic.Int64 // engine opens (Stats.PartitionOpens)
 
 	mu   sync.Mutex
 	maps map[mapKey]*mapPart
@@ -43,6 +50,10 @@ type mapPart struct {
 	idleE *list.Element
 	since time.Time
 
+	// ready is closed once the open is done: r is set, or err.
+	ready chan struct{}
+	err   error
+
 	// mu guards r's index scratch: Extents is not safe for concurrent use.
 	mu sync.Mutex
 	r  *engine.MapReader
@@ -61,11 +72,23 @@ func (pc *partCache) openMap(job, dataset string, index, attempt uint32) (*mapPa
 	if p := pc.maps[k]; p != nil {
 		pc.refLocked(p)
 		pc.mu.Unlock()
+		<-p.ready
+		if p.err != nil {
+			return nil, p.err // the entry is gone: no reference to give back
+		}
 		return p, nil
 	}
+	p := &mapPart{key: k, refs: 1, ready: make(chan struct{})}
+	pc.maps[k] = p
 	pc.mu.Unlock()
+	defer close(p.ready)
+	pc.opens.Add(1)
 	r, err := pc.store.OpenMap(job, dataset, index, attempt)
 	if err != nil {
+		pc.mu.Lock()
+		delete(pc.maps, k)
+		pc.mu.Unlock()
+		p.err = err
 		return nil, err
 	}
 	if pc.sched != nil {
@@ -75,18 +98,7 @@ func (pc *partCache) openMap(job, dataset string, index, attempt uint32) (*mapPa
 			}
 		}
 	}
-	pc.mu.Lock()
-	defer pc.mu.Unlock()
-	if p := pc.maps[k]; p != nil {
-		// Opened meanwhile by another channel: use that one.
-		pc.refLocked(p)
-		if err := r.Close(); err != nil {
-			pc.log.Warn("server: closing a partition", "partition", r.Ref(), "err", err)
-		}
-		return p, nil
-	}
-	p := &mapPart{key: k, refs: 1, r: r}
-	pc.maps[k] = p
+	p.r = r
 	return p, nil
 }
 

@@ -342,6 +342,7 @@ type Stats struct {
 	PushCommits      int64
 	Finalized        int64 // ReducePartitions finalized by the server
 	ReadsCompleted   int64
+	PartitionOpens   int64 // MapPartitions opened for read channels (channels reading one at once share an open)
 	Errors           int64 // ERROR frames sent on channels
 	CreditViolations int64
 	IdleTimeouts     int64
@@ -373,7 +374,7 @@ func (s *Server) Stats() Stats {
 		ReadsCompleted: s.st.readsComplete.Load(), Errors: s.st.errors.Load(),
 		CreditViolations: s.st.creditViolations.Load(), IdleTimeouts: s.st.idleTimeouts.Load(),
 		ProtocolErrors: s.st.protocolErrors.Load(), StagingInUse: int(s.st.stagingInUse.Load()),
-		MemoryHeld: s.st.memHeld.Load(),
+		MemoryHeld: s.st.memHeld.Load(), PartitionOpens: s.parts.opens.Load(),
 	}
 	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))

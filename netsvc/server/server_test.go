@@ -102,3 +102,32 @@ func TestMapBuffersAboveEngineRoom(t *testing.T) {
 	}
 	waitFor(t, "channels to close", func() bool { return w.Server.Stats().Channels == 0 })
 }
+
+// TestConcurrentReadsOpenOnce: channels that start reading one MapPartition
+// at the same moment share one open of its file: the first opens it, the
+// others wait for that open. Each opened it on its own before, with its
+// header buffer and reads (thousands of opens for 10,000 channels).
+func TestConcurrentReadsOpenOnce(t *testing.T) {
+	w := worktest.Start(t, worktest.Config{})
+	c := dial(t, w.Addr)
+	s := mapSpec{job: "job", ds: "once", mapIndex: 1, subs: 50, buffers: 2, size: 3000}
+	writeMap(t, c, s)
+	var chans []*transport.ReadChannel
+	for i := range 200 {
+		sub := uint32(i % int(s.subs))
+		chans = append(chans, openMapRead(t, c, s, sub, sub+1, 64<<10))
+	}
+	for i, rc := range chans {
+		sub := uint32(i % int(s.subs))
+		got, err := readAll(ctxT(t), rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkMapRead(s, sub, sub+1, got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := w.Server.Stats().PartitionOpens; n != 1 {
+		t.Fatalf("200 channels reading one partition at once opened it %d times", n)
+	}
+}

@@ -689,6 +689,7 @@ var serverMetrics = []struct {
 	{metricDef{"push_commits_total", "producer commits in ReducePartitions", true}, func(s *server.Stats) float64 { return float64(s.PushCommits) }},
 	{metricDef{"finalized_total", "ReducePartitions finalized by the server", true}, func(s *server.Stats) float64 { return float64(s.Finalized) }},
 	{metricDef{"reads_completed_total", "read channels completed", true}, func(s *server.Stats) float64 { return float64(s.ReadsCompleted) }},
+	{metricDef{"partition_opens_total", "MapPartition files opened for reads (shared by the channels reading them)", true}, func(s *server.Stats) float64 { return float64(s.PartitionOpens) }},
 	{metricDef{"channel_errors_total", "ERROR frames sent on channels", true}, func(s *server.Stats) float64 { return float64(s.Errors) }},
 	{metricDef{"credit_violations_total", "data frames beyond the credit granted", true}, func(s *server.Stats) float64 { return float64(s.CreditViolations) }},
 	{metricDef{"idle_timeouts_total", "connections closed for idleness", true}, func(s *server.Stats) float64 { return float64(s.IdleTimeouts) }},
