@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +132,7 @@ type EngineResult struct {
 type EngineReport struct {
 	EngineResult
 	Runs         int     `json:"runs"`
+	GoMaxProcs   int     `json:"gomaxprocs"` // the process's, for the record
 	FioWriteMiBs float64 `json:"fio_write_mib_s,omitempty"`
 	MapVsFio     float64 `json:"map_vs_fio,omitempty"`
 	ReduceVsFio  float64 `json:"reduce_vs_fio,omitempty"`
@@ -527,6 +529,7 @@ func dropCaches() error {
 func EngineRuns(ctx context.Context, cfg EngineConfig, runs int, withFio bool, each func(EngineResult, *FioResult)) (EngineReport, error) {
 	c := cfg.withDefaults()
 	var rep EngineReport
+	rep.GoMaxProcs = runtime.GOMAXPROCS(0)
 	var mw, rw, cp50, cp99, mp50, mp99, fw, mr, rr []float64
 	for i := range max(runs, 1) {
 		var fres *FioResult

@@ -68,6 +68,7 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		defer pprof.StopCPUProfile()
 	}
+	engineProcs() // as a worker runs its engine
 	cfg := bench.EngineConfig{
 		Dir: *dir, Size: int64(size), MapWriters: *writers, Subpartitions: *subs,
 		Producers: *producers, Reduces: *reduces, Pushers: *pushers, Partitions: *partitions,
@@ -89,8 +90,8 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "sluice bench engine: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "median of %d: map %.0f MiB/s, reduce %.0f MiB/s, producer commit p50 %.2f ms p99 %.2f ms, map commit p50 %.2f ms p99 %.2f ms",
-		rep.Runs, rep.MapWriteMiBs, rep.ReduceWriteMiBs, rep.CommitP50Ms, rep.CommitP99Ms, rep.MapCommitP50Ms, rep.MapCommitP99Ms)
+	fmt.Fprintf(stdout, "median of %d (GOMAXPROCS %d): map %.0f MiB/s, reduce %.0f MiB/s, producer commit p50 %.2f ms p99 %.2f ms, map commit p50 %.2f ms p99 %.2f ms",
+		rep.Runs, rep.GoMaxProcs, rep.MapWriteMiBs, rep.ReduceWriteMiBs, rep.CommitP50Ms, rep.CommitP99Ms, rep.MapCommitP50Ms, rep.MapCommitP99Ms)
 	if *withFio {
 		fmt.Fprintf(stdout, "; fio write %.0f MiB/s; Sluice/fio: map %.1f%%, reduce %.1f%%", rep.FioWriteMiBs, 100*rep.MapVsFio, 100*rep.ReduceVsFio)
 	}

@@ -74,6 +74,7 @@ func runBenchSched(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}()
 		*dir = tmp
 	}
+	engineProcs() // as a worker runs its engine
 	cfg := bench.SchedConfig{
 		Dir: *dir, Files: *files, Subpartitions: *subs, Regions: *regions, FileBytes: int64(fileBytes),
 		BufferBytes: int(buffer), BudgetBytes: int64(budget), MaxReadBytes: int(maxRead), Depth: *depth,

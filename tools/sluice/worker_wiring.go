@@ -183,6 +183,7 @@ type worker struct {
 // startWorker opens the disks, starts the schedulers, the data server, the
 // metrics endpoint and (with a manager) the agent.
 func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *worker, err error) {
+	engineProcs()
 	w = &worker{cfg: cfg, log: log, scheds: map[*engine.Disk]*scheduler.Scheduler{}, seeded: make(chan struct{}),
 		devices: map[string]agent.Device{}, served: make(chan error, 1)}
 	w.cat.init()
