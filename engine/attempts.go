@@ -3,8 +3,8 @@ package engine
 // attemptState is what a ReducePartition knows of one producer attempt:
 // the dedup state of its pushes and whether it may push or commit.
 type attemptState struct {
+	bytes uint64 // payload bytes of the stored seqs
 	next  uint32 // seqs 0..next-1 are stored; the next push must carry next
-	bytes uint64 // payload bytes of those seqs
 	state attemptPhase
 }
 
@@ -20,13 +20,15 @@ const (
 func attemptKey(m, a uint32) uint64 { return uint64(m)<<32 | uint64(a) }
 
 // mapAttempts are the attempts of one map in a partition: nearly always
-// one, so the first is held inline.
+// one, so the first is held inline, in 32 bytes (two to a cache line,
+// never across two: a thousand partitions of a thousand maps each are
+// touched at random by pushes and commits, and each touch is a cache miss).
 type mapAttempts struct {
 	first      attemptState
 	firstID    uint32
 	hasFirst   bool
 	committing bool // one of them is being committed
-	more       []attemptEntry
+	more       *[]attemptEntry
 }
 
 type attemptEntry struct {
@@ -38,89 +40,104 @@ type attemptEntry struct {
 // the per-map questions of a commit cost O(attempts of that map), not
 // O(maps). Partitions of datasets with few maps index a slice by map (a
 // push looks its producer up without hashing); larger ones use a map.
+// Entries are read and changed in place.
 type attemptTable struct {
 	dense  []mapAttempts
-	sparse map[uint32]mapAttempts
+	sparse map[uint32]*mapAttempts
 }
 
-// denseMapsMax bounds the slice: about 48 bytes per map and partition.
+// denseMapsMax bounds the slice: 32 bytes per map and partition.
 const denseMapsMax = 2048
 
 func newAttemptTable(mapCount uint32) *attemptTable {
 	if mapCount <= denseMapsMax {
 		return &attemptTable{dense: make([]mapAttempts, mapCount)}
 	}
-	return &attemptTable{sparse: make(map[uint32]mapAttempts)}
+	return &attemptTable{sparse: make(map[uint32]*mapAttempts)}
 }
 
-func (t *attemptTable) load(m uint32) mapAttempts {
+// find returns map m's entry, or nil when it has none (nothing was pushed
+// or committed for m).
+func (t *attemptTable) find(m uint32) *mapAttempts {
 	if t.dense != nil {
 		if int(m) < len(t.dense) {
-			return t.dense[m]
+			return &t.dense[m]
 		}
-		return mapAttempts{}
+		return nil
 	}
 	return t.sparse[m]
 }
 
-func (t *attemptTable) store(m uint32, ma mapAttempts) {
+// entry returns map m's entry, creating it.
+func (t *attemptTable) entry(m uint32) *mapAttempts {
 	if t.dense != nil {
-		t.dense[m] = ma
-		return
+		return &t.dense[m]
 	}
+	if ma := t.sparse[m]; ma != nil {
+		return ma
+	}
+	ma := &mapAttempts{}
 	t.sparse[m] = ma
+	return ma
 }
 
 func (t *attemptTable) get(m, a uint32) attemptState {
-	ma := t.load(m)
+	ma := t.find(m)
+	if ma == nil {
+		return attemptState{}
+	}
 	if ma.hasFirst && ma.firstID == a {
 		return ma.first
 	}
-	for _, e := range ma.more {
-		if e.id == a {
-			return e.st
+	if ma.more != nil {
+		for _, e := range *ma.more {
+			if e.id == a {
+				return e.st
+			}
 		}
 	}
 	return attemptState{}
 }
 
 func (t *attemptTable) set(m, a uint32, st attemptState) {
-	ma := t.load(m)
-	switch {
-	case !ma.hasFirst || ma.firstID == a:
+	ma := t.entry(m)
+	if !ma.hasFirst || ma.firstID == a {
 		ma.first, ma.firstID, ma.hasFirst = st, a, true
-	default:
-		found := false
-		for i := range ma.more {
-			if ma.more[i].id == a {
-				ma.more[i].st, found = st, true
-			}
-		}
-		if !found {
-			ma.more = append(ma.more, attemptEntry{a, st})
+		return
+	}
+	if ma.more == nil {
+		ma.more = new([]attemptEntry)
+	}
+	for i := range *ma.more {
+		if (*ma.more)[i].id == a {
+			(*ma.more)[i].st = st
+			return
 		}
 	}
-	t.store(m, ma)
+	*ma.more = append(*ma.more, attemptEntry{a, st})
 }
 
-func (t *attemptTable) committing(m uint32) bool { return t.load(m).committing }
-
-func (t *attemptTable) setCommitting(m uint32, on bool) {
-	ma := t.load(m)
-	ma.committing = on
-	t.store(m, ma)
+func (t *attemptTable) committing(m uint32) bool {
+	ma := t.find(m)
+	return ma != nil && ma.committing
 }
+
+func (t *attemptTable) setCommitting(m uint32, on bool) { t.entry(m).committing = on }
 
 // closeOthers closes every open attempt of map m but a.
 func (t *attemptTable) closeOthers(m, a uint32) {
-	ma := t.load(m)
+	ma := t.find(m)
+	if ma == nil {
+		return
+	}
 	if ma.hasFirst && ma.firstID != a && ma.first.state == attemptOpen {
 		ma.first.state = attemptClosed
 	}
-	for i := range ma.more {
-		if ma.more[i].id != a && ma.more[i].st.state == attemptOpen {
-			ma.more[i].st.state = attemptClosed
+	if ma.more != nil {
+		for i := range *ma.more {
+			if (*ma.more)[i].id != a && (*ma.more)[i].st.state == attemptOpen {
+				(*ma.more)[i].st.state = attemptClosed
+			}
 		}
 	}
-	t.store(m, ma)
 }
