@@ -1,5 +1,7 @@
 package engine
 
+import "unsafe"
+
 // attemptState is what a ReducePartition knows of one producer attempt:
 // the dedup state of its pushes and whether it may push or commit.
 type attemptState struct {
@@ -28,8 +30,16 @@ type mapAttempts struct {
 	firstID    uint32
 	hasFirst   bool
 	committing bool // one of them is being committed
-	more       *[]attemptEntry
+	// more are the other attempts, rare: behind a pointer, so that the
+	// entry stays 32 bytes (a slice header would make it 48).
+	more *[]attemptEntry
 }
+
+// The entry's size is fixed at 32 bytes (see mapAttempts).
+const (
+	_ = uint(32 - unsafe.Sizeof(mapAttempts{}))
+	_ = uint(unsafe.Sizeof(mapAttempts{}) - 32)
+)
 
 type attemptEntry struct {
 	id uint32

@@ -26,6 +26,7 @@ type Config struct {
 	Listen        string `yaml:"listen" help:"gRPC listen address (host:port)"`
 	Advertise     string `yaml:"advertise" help:"address clients and workers dial to reach this manager (default: this host's name and the listen port)"`
 	MetricsListen string `yaml:"metrics-listen" help:"HTTP address for /metrics, /healthz, /readyz (empty: disabled)"`
+	Pprof         bool   `yaml:"pprof" help:"also serve Go's profiler on the metrics address, /debug/pprof/ (keep that address private)"`
 	ManagerID     string `yaml:"manager-id" help:"name of this manager (default: the advertised address)"`
 	ClusterID     string `yaml:"cluster-id" help:"cluster this manager belongs to (etcd key namespace; clients may choose among clusters)"`
 

@@ -128,6 +128,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 
 	if cfg.MetricsListen != "" {
 		mux := metrics.Handler(s.reg, metrics.Checks{Ready: s.readiness})
+		if cfg.Pprof {
+			metrics.Profiling(mux)
+		}
 		mux.HandleFunc("/leader", func(w http.ResponseWriter, _ *http.Request) {
 			if s.current() == nil {
 				w.WriteHeader(503)

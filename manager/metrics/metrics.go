@@ -5,7 +5,8 @@
 //	/metrics   Prometheus exposition
 //	/healthz   liveness: 200 while the process works (Kubernetes livenessProbe)
 //	/readyz    readiness: 200 when the process can do its job (readinessProbe)
-//	/debug/pprof/  the Go profiler (net/http/pprof): CPU, heap, goroutines
+//
+// and, when asked for (Profiling), Go's profiler on /debug/pprof/.
 //
 // The manager and the worker both use it, each registering its own
 // collectors (the worker its engine counters) on its own registry, so that
@@ -47,12 +48,18 @@ func Handler(g prometheus.Gatherer, checks Checks) *http.ServeMux {
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("/healthz", probe(checks.Live))
 	mux.HandleFunc("/readyz", probe(checks.Ready))
+	return mux
+}
+
+// Profiling adds Go's profiler to mux under /debug/pprof/ (CPU, heap,
+// goroutines, execution trace). Not the command line: it may hold an auth
+// token. Anyone who reaches the port can load the process with profiles,
+// so it is off unless an operator turns it on.
+func Profiling(mux *http.ServeMux) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
 }
 
 func probe(check func() error) http.HandlerFunc {

@@ -55,10 +55,27 @@ func TestEndpoints(t *testing.T) {
 	if code, _ := get(t, base+"/readyz"); code != 200 {
 		t.Fatalf("/readyz when ready: %d", code)
 	}
-	if code, body := get(t, base+"/debug/pprof/goroutine?debug=1"); code != 200 || !strings.Contains(body, "goroutine profile") {
-		t.Fatalf("/debug/pprof/goroutine: %d\n%s", code, body)
+	if code, _ := get(t, base+"/debug/pprof/goroutine?debug=1"); code != 404 {
+		t.Fatalf("/debug/pprof/ without Profiling: %d, want 404", code)
 	}
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestProfiling(t *testing.T) {
+	mux := Handler(NewRegistry(), Checks{})
+	Profiling(mux)
+	s, err := Listen("127.0.0.1:0", mux)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	base := "http://" + s.Addr()
+	if code, body := get(t, base+"/debug/pprof/goroutine?debug=1"); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Fatalf("/debug/pprof/goroutine: %d\n%s", code, body)
+	}
+	if code, _ := get(t, base+"/debug/pprof/cmdline"); code == 200 {
+		t.Fatal("/debug/pprof/cmdline is served: the command line may hold a token")
 	}
 }

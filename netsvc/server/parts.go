@@ -19,7 +19,7 @@ import (
 // partition; the channels that want it meanwhile wait for that open rather
 // than each opening it too (10,000 channels opened at once on one
 // partition opened it thousands of times, each with its header buffer:
-// tens of MiB of garbage at the worker's peak). An entry stays open while a
+// 200 MB of garbage while they opened). An entry stays open while a
 // channel uses it and for idleKeep afterwards (at most idleMax such), so
 // consumers that come one after the other find it too.
 type partCache struct {
@@ -27,7 +27,7 @@ type partCache struct {
 	sched func(*engine.Disk) *scheduler.Scheduler
 	log   *slog.Logger
 
-	opens atomic.Int64 // engine opens (Stats.PartitionOpens)
+	opens atomic.Int64 // successful engine opens (Stats.PartitionOpens)
 
 	mu   sync.Mutex
 	maps map[mapKey]*mapPart
@@ -64,7 +64,8 @@ func (pc *partCache) init(store *engine.Store, sched func(*engine.Disk) *schedul
 	pc.maps = map[mapKey]*mapPart{}
 }
 
-// openMap returns the open partition with a reference taken.
+// openMap returns the open partition with a reference taken. When another
+// channel is opening it, it waits for that open and shares its outcome.
 func (pc *partCache) openMap(job, dataset string, index, attempt uint32) (*mapPart, error) {
 	k := mapKey{job, dataset, index, attempt}
 	pc.mu.Lock()
@@ -82,7 +83,6 @@ func (pc *partCache) openMap(job, dataset string, index, attempt uint32) (*mapPa
 	pc.maps[k] = p
 	pc.mu.Unlock()
 	defer close(p.ready)
-	pc.opens.Add(1)
 	r, err := pc.store.OpenMap(job, dataset, index, attempt)
 	if err != nil {
 		pc.mu.Lock()
@@ -99,6 +99,7 @@ func (pc *partCache) openMap(job, dataset string, index, attempt uint32) (*mapPa
 		}
 	}
 	p.r = r
+	pc.opens.Add(1)
 	return p, nil
 }
 

@@ -25,11 +25,14 @@
 //
 // Credit is the back-pressure. A write channel's credit is what its engine
 // writer can take without waiting (MapWriter.Available), so a correct client
-// can never send a WRITE_DATA the server must wait for: its body lands in
-// the engine's aligned buffer straight from the socket. The one exception is
-// memory the engine takes back under pressure after the grant; such a body
-// is read into a staging buffer of the connection and handed to the engine
-// by the channel's worker, never by the read loop. Push credit comes from the
+// rarely sends a WRITE_DATA the server must wait for: its body lands in the
+// engine's aligned buffer straight from the socket. Two exceptions: memory
+// the engine takes back under pressure after the grant, and room for a
+// whole buffer of the client's maximum when the engine has less than that
+// (it is granted anyway, or a client with buffers larger than the engine's
+// spare buffers could never send one). Such a body is read into staging
+// memory of the connection and handed to the engine by the channel's
+// worker, never by the read loop. Push credit comes from the
 // connection's memory, because many producers share one ReducePartition's
 // merge buffer. A peer that sends beyond its credit gets CREDIT_EXCEEDED on
 // that channel, and the body is skipped.

@@ -1,11 +1,13 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
 
 	"github.com/sluice-shuffle/sluice/netsvc/transport"
+	"github.com/sluice-shuffle/sluice/netsvc/wire"
 	"github.com/sluice-shuffle/sluice/netsvc/worktest"
 )
 
@@ -129,5 +131,58 @@ func TestConcurrentReadsOpenOnce(t *testing.T) {
 	}
 	if n := w.Server.Stats().PartitionOpens; n != 1 {
 		t.Fatalf("200 channels reading one partition at once opened it %d times", n)
+	}
+}
+
+// TestMapMixedBuffersAboveEngineRoom: buffers of different sizes up to a
+// maximum far above the engine writer's room, so that credit is left over
+// from one buffer when the next, larger one needs more than the engine has:
+// the channel gets the difference and goes on. It waited (and spun) there.
+func TestMapMixedBuffersAboveEngineRoom(t *testing.T) {
+	w := worktest.Start(t, worktest.Config{BufferBytes: 64 << 10, PoolBytes: 16 << 20})
+	c := dial(t, w.Addr)
+	ctx, cancel := context.WithTimeout(ctxT(t), 20*time.Second)
+	defer cancel()
+	const maxBuf = 1 << 20
+	wr, err := transport.OpenWrite(ctx, c, &wire.WriteOpen{Map: 1, Subpartitions: 2, Codec: wire.CodecNone, MaxBufferBytes: maxBuf,
+		Job: []byte("job"), Dataset: []byte("mixed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wr.StartRegion(wire.RegionStart{}); err != nil {
+		t.Fatal(err)
+	}
+	var totals wire.WriteTotals
+	rf := wire.RegionFinish{}
+	var want []byte
+	for i, size := range []int{300 << 10, maxBuf - wire.BufferHeaderSize - 8, 10, 700 << 10, maxBuf - wire.BufferHeaderSize - 8, 64 << 10} {
+		f := bufferFrame(0, testData(size, uint32(i)))
+		stored := f[wire.HeaderSize:]
+		want = append(want, stored...)
+		totals.Add(stored, len(stored))
+		rf.Buffers++
+		rf.StoredBytes += uint64(len(stored))
+		if err := wr.Write(ctx, f); err != nil {
+			t.Fatalf("buffer %d of %d bytes: %v", i, size, err)
+		}
+	}
+	if err := wr.FinishRegion(rf); err != nil {
+		t.Fatal(err)
+	}
+	totals.Regions = 1
+	if _, err := wr.Finish(ctx, totals); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := transport.OpenRead(ctx, c, wire.ReadOpen{Kind: wire.PartitionMap, Index: 1, SubStart: 0, SubEnd: 2,
+		Job: []byte("job"), Dataset: []byte("mixed")}, 4<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(ctx, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, wrote %d (equal prefix %d)", len(got), len(want), commonPrefix(got, want))
 	}
 }

@@ -106,24 +106,28 @@ func (wc *writeChan) open(req *openReq) {
 	}
 }
 
-// creditWantLocked computes a grant: what the engine writer takes without
-// waiting beyond the credit outstanding, within the connection's memory. It
-// takes that memory. Called by the owner with mu held.
+// creditWantLocked computes a grant within the connection's memory and
+// takes that memory: what the engine writer takes without waiting beyond
+// the credit outstanding, and at least what the client needs to send a
+// buffer of maxBuf. The engine may hold less than that without waiting
+// (buffers larger than its spare pool buffers, or room it has just given
+// to earlier buffers): the body then waits in connection memory for the
+// engine. Nothing is granted while the engine has no room at all, which
+// is the back-pressure. Called by the owner with mu held.
 func (wc *writeChan) creditWantLocked() uint64 {
 	ch := wc.ch
 	out := ch.outstandingLocked()
 	avail := wc.w.Available()
-	if avail <= int64(out) {
+	if avail <= 0 {
 		return 0
 	}
-	want := min(uint64(avail)-out, 1<<32-1)
+	var want uint64
+	if avail > int64(out) {
+		want = min(uint64(avail)-out, 1<<32-1)
+	}
 	if out >= uint64(wc.maxBuf) && want < uint64(wc.maxBuf) {
 		return 0 // not worth a frame yet
 	}
-	// The client may need room for a whole buffer of maxBuf before it can
-	// send anything. A writer that takes less without waiting (buffers
-	// larger than its spare pool buffers) still gets one: the body waits
-	// in connection memory for the engine, as under back-pressure.
 	need := int64(wc.maxBuf) - int64(out)
 	want = max(want, uint64(max(need, 0)))
 	return uint64(ch.c.mem.take(int64(want), need))
@@ -136,8 +140,9 @@ func (wc *writeChan) needCreditLocked() {
 	if ch.ended || ch.outstandingLocked() >= uint64(wc.maxBuf) {
 		return
 	}
-	if wc.w.Available() > int64(ch.outstandingLocked()) {
-		// The engine has room: the connection's memory is short.
+	if wc.w.Available() > 0 {
+		// The engine has room, so the grant failed for the connection's
+		// memory.
 		if !ch.waitingMem {
 			ch.waitingMem = true
 			ch.c.mem.wait(ch)

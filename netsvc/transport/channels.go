@@ -23,6 +23,7 @@ type base struct {
 	done      bool   // terminal frame received (or the connection failed)
 	closeSent bool   // CLOSE_CHANNEL sent: only CHANNEL_CLOSED frees the id
 	closedAck bool
+	closedC   chan struct{} // closed with closedAck (made when CLOSE_CHANNEL is sent)
 }
 
 func (b *base) init(c *Conn, id uint32) {
@@ -58,8 +59,11 @@ func (b *base) terminalLocked(ch channel, err error, closedAck bool) {
 		b.err = err
 	}
 	b.done = true
-	if closedAck {
+	if closedAck && !b.closedAck {
 		b.closedAck = true
+		if b.closedC != nil {
+			close(b.closedC)
+		}
 	}
 	if !b.closeSent || closedAck {
 		b.c.unregister(ch)
@@ -129,6 +133,7 @@ func (b *base) closeChannel(ctx context.Context, reason wire.Code, msg string) e
 		return nil // ended normally: nothing to close
 	}
 	b.closeSent = true
+	b.closedC = make(chan struct{})
 	b.mu.Unlock()
 	if len(msg) > wire.MaxMessageSize {
 		msg = msg[:wire.MaxMessageSize]
@@ -142,22 +147,20 @@ func (b *base) closeChannel(ctx context.Context, reason wire.Code, msg string) e
 // waitClosed waits for the CHANNEL_CLOSED answering a CLOSE_CHANNEL. A
 // terminal message that crossed the CLOSE_CHANNEL ends the channel but not
 // the wait: the server answers every CLOSE_CHANNEL, and the id stays in use
-// until it does. A lost connection ends both.
+// until it does. A lost connection ends both. It waits on a channel of its
+// own, not on wake, which a reader or writer waiting at the same time may
+// take.
 func (b *base) waitClosed(ctx context.Context) error {
-	for {
-		b.mu.Lock()
-		ack := b.closedAck
-		b.mu.Unlock()
-		if ack {
-			return nil
-		}
-		select {
-		case <-b.wake:
-		case <-b.c.done:
-			return nil // the connection is gone: so is the channel
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	b.mu.Lock()
+	closed := b.closedC
+	b.mu.Unlock()
+	select {
+	case <-closed:
+		return nil
+	case <-b.c.done:
+		return nil // the connection is gone: so is the channel
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

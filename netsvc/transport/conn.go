@@ -166,6 +166,7 @@ type Conn struct {
 	limits   wire.HelloAck
 
 	wmu     sync.Mutex // one writer of the socket at a time
+	wbroken bool       // a write failed, maybe within a frame: nothing more may be written (wmu)
 	bufs    net.Buffers
 	iov     [2][]byte
 	ctlMu   sync.Mutex
@@ -368,11 +369,15 @@ func (c *Conn) fatal(e *wire.Error) {
 	c.ending.CompareAndSwap(nil, ce)
 	m := wire.NewErrorMsg(e, wire.MinSupported, wire.Current)
 	// A write blocked on a worker that reads nothing holds wmu: the
-	// deadline ends it (its error gives way to ce) and frees the lock.
+	// deadline ends it within a second (its error gives way to ce) and
+	// frees the lock. A write that ended within a frame leaves the stream
+	// unusable: the ERROR is then not sent.
 	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.wmu.Lock()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.nc.Write(m.AppendFrame(nil, c.major, 0))
+	if !c.wbroken {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.nc.Write(m.AppendFrame(nil, c.major, 0))
+	}
 	c.wmu.Unlock()
 	c.failConn(ce)
 }
@@ -501,6 +506,7 @@ func (c *Conn) writeData(frame []byte) error {
 	_, err := c.bufs.WriteTo(c.nc)
 	c.bufs = nil
 	c.iov[0], c.iov[1] = nil, nil
+	c.wbroken = c.wbroken || err != nil
 	c.wmu.Unlock()
 	c.returnCtl(ctl)
 	if err != nil {
@@ -534,6 +540,7 @@ func (c *Conn) flusher() {
 		if len(ctl) > 0 {
 			_, err = c.nc.Write(ctl)
 		}
+		c.wbroken = c.wbroken || err != nil
 		c.wmu.Unlock()
 		c.returnCtl(ctl)
 		if err != nil {

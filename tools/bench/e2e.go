@@ -117,8 +117,9 @@ type E2ERun struct {
 	WorkerPoolMiB float64 `json:"worker_pool_mib"` // the pool it was given
 	StoredBytes   int64   `json:"stored_bytes"`    // what the worker stored
 	// WorkerDiskReadBytes is what the worker read from the device in the
-	// read phase (/proc/pid/io read_bytes): StoredBytes plus headers and
-	// index blocks when every stored byte is read once.
+	// read phase (/proc/pid/io read_bytes; -1 when it could not be read):
+	// StoredBytes plus headers and index blocks when every stored byte is
+	// read once.
 	WorkerDiskReadBytes int64   `json:"worker_disk_read_bytes"`
 	BaselineStored      int64   `json:"baseline_stored"`   // what the baseline wrote
 	Records             int64   `json:"records"`           // records read, each side
@@ -129,22 +130,25 @@ type E2ERun struct {
 
 // E2EReport is the medians of the runs.
 type E2EReport struct {
-	Bench           string   `json:"bench"`
-	Mode            string   `json:"mode"`
-	Records         string   `json:"records"`
-	SizeBytes       int64    `json:"size_bytes"`
-	Maps            int      `json:"maps"`
-	Reducers        int      `json:"reducers"`
-	Runs            int      `json:"runs"`
-	SluiceMiBs      float64  `json:"sluice_mib_s"`
-	BaselineMiBs    float64  `json:"baseline_mib_s"`
-	Ratio           float64  `json:"ratio"`
-	CPUsPerGiB      float64  `json:"cpu_s_per_gib"`
-	BaselineCPUsGiB float64  `json:"baseline_cpu_s_per_gib"`
-	WorkerRSSMiB    float64  `json:"worker_rss_mib"`
-	WorkerPoolMiB   float64  `json:"worker_pool_mib"`
-	StoredRatio     float64  `json:"stored_ratio"`
-	All             []E2ERun `json:"all_runs"`
+	Bench           string  `json:"bench"`
+	Mode            string  `json:"mode"`
+	Records         string  `json:"records"`
+	SizeBytes       int64   `json:"size_bytes"`
+	Maps            int     `json:"maps"`
+	Reducers        int     `json:"reducers"`
+	Runs            int     `json:"runs"`
+	SluiceMiBs      float64 `json:"sluice_mib_s"`
+	BaselineMiBs    float64 `json:"baseline_mib_s"`
+	Ratio           float64 `json:"ratio"`
+	CPUsPerGiB      float64 `json:"cpu_s_per_gib"`
+	BaselineCPUsGiB float64 `json:"baseline_cpu_s_per_gib"`
+	WorkerRSSMiB    float64 `json:"worker_rss_mib"`
+	WorkerPoolMiB   float64 `json:"worker_pool_mib"`
+	StoredRatio     float64 `json:"stored_ratio"`
+	// ReadAmplification is the median of the worker's disk reads in the
+	// read phase per stored byte (runs where they could be read).
+	ReadAmplification float64  `json:"read_amplification"`
+	All               []E2ERun `json:"all_runs"`
 }
 
 // E2ERuns runs both sides runs times, alternating which goes first, and
@@ -160,7 +164,7 @@ func E2ERuns(ctx context.Context, cfg E2EConfig, runs int, each func(int, E2ERun
 	}
 	gen := newCorpus(c.Incompressible)
 	c.expect = &expectTally{}
-	var sl, bl, cpu, bcpu, rss, stored []float64
+	var sl, bl, cpu, bcpu, rss, stored, amp []float64
 	for i := range rep.Runs {
 		var run E2ERun
 		run.BaselineFirst = i%2 == 1
@@ -184,6 +188,9 @@ func E2ERuns(ctx context.Context, cfg E2EConfig, runs int, each func(int, E2ERun
 		bcpu = append(bcpu, run.BaselineCPU/gib)
 		rss = append(rss, run.WorkerRSSMiB)
 		stored = append(stored, float64(run.StoredBytes)/float64(c.Size))
+		if run.WorkerDiskReadBytes >= 0 && run.StoredBytes > 0 {
+			amp = append(amp, float64(run.WorkerDiskReadBytes)/float64(run.StoredBytes))
+		}
 		rep.All = append(rep.All, run)
 		if each != nil {
 			each(i, run)
@@ -197,6 +204,7 @@ func E2ERuns(ctx context.Context, cfg E2EConfig, runs int, each func(int, E2ERun
 	}
 	rep.WorkerPoolMiB = float64(c.WorkerPool) / (1 << 20)
 	rep.StoredRatio = Median(stored)
+	rep.ReadAmplification = Median(amp)
 	return rep, nil
 }
 
@@ -445,7 +453,7 @@ func (c *E2EConfig) sluice(ctx context.Context, gen *corpus, run *E2ERun) (err e
 		return fmt.Errorf("sluice write phase: %w", err)
 	}
 	t1 := time.Now()
-	rb0, _ := procField(pid, "io", "read_bytes")
+	rb0, rbErr := procField(pid, "io", "read_bytes")
 	var tl tally
 	var retries atomic.Uint64
 	err = parallel(ctx, c.Reducers, c.Consumers, func(r int) error {
@@ -470,8 +478,10 @@ func (c *E2EConfig) sluice(ctx context.Context, gen *corpus, run *E2ERun) (err e
 		return fmt.Errorf("sluice read phase: %w", err)
 	}
 	t2 := time.Now()
-	if rb1, err := procField(pid, "io", "read_bytes"); err == nil {
+	if rb1, err := procField(pid, "io", "read_bytes"); err == nil && rbErr == nil {
 		run.WorkerDiskReadBytes = int64(rb1 - rb0)
+	} else {
+		run.WorkerDiskReadBytes = -1 // unknown
 	}
 	run.SluiceCPU = selfCPU() - cpu0
 	wcpu1, err := procCPU(pid)

@@ -109,8 +109,8 @@ consumers' record counts and checksums must match.
 		fmt.Fprintf(stderr, "sluice bench e2e: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "median of %d: Sluice %.0f MiB/s, local disk %.0f MiB/s, ratio %.2f; CPU %.2f s/GiB (local %.2f); worker peak RSS %.0f MiB with a %.0f MiB pool; stored %.0f%% of the record bytes\n",
-		rep.Runs, rep.SluiceMiBs, rep.BaselineMiBs, rep.Ratio, rep.CPUsPerGiB, rep.BaselineCPUsGiB, rep.WorkerRSSMiB, rep.WorkerPoolMiB, 100*rep.StoredRatio)
+	fmt.Fprintf(stdout, "median of %d: Sluice %.0f MiB/s, local disk %.0f MiB/s, ratio %.2f; CPU %.2f s/GiB (local %.2f); worker peak RSS %.0f MiB with a %.0f MiB pool; stored %.0f%% of the record bytes, read from the disk %.2f times\n",
+		rep.Runs, rep.SluiceMiBs, rep.BaselineMiBs, rep.Ratio, rep.CPUsPerGiB, rep.BaselineCPUsGiB, rep.WorkerRSSMiB, rep.WorkerPoolMiB, 100*rep.StoredRatio, rep.ReadAmplification)
 	if *asJSON {
 		if err := json.NewEncoder(stdout).Encode(rep); err != nil {
 			fmt.Fprintf(stderr, "sluice bench e2e: %v\n", err)

@@ -17,7 +17,10 @@ var engineProcsOnce sync.Once
 // they waited. With a P more than CPUs the kernel's scheduler interleaves
 // the threads at its own, finer grain. sluice bench engine, ReducePartition
 // phase on two CPUs, three alternating runs each: 1169 MiB/s at the median
-// with 2 Ps, 1354 with 3, 1312 with 4.
+// with 2 Ps, 1354 with 3, 1312 with 4. Setting GOMAXPROCS this way stops
+// the runtime from following a container's CPU limit as it changes (Go
+// 1.25 and later); the limit at start still counts. Worker and local mode
+// (its workers run in the process) and the engine benchmarks call it.
 func engineProcs() {
 	engineProcsOnce.Do(func() {
 		if os.Getenv("GOMAXPROCS") == "" {

@@ -43,6 +43,7 @@ type workerConfig struct {
 	Listen        string   `yaml:"listen" help:"data-plane listen address (host:port)"`
 	Advertise     string   `yaml:"advertise" help:"data address announced to the manager (default: this host's name and the listen port; port 0: the listen port)"`
 	MetricsListen string   `yaml:"metrics-listen" help:"HTTP address for /metrics, /healthz, /readyz (empty: disabled)"`
+	Pprof         bool     `yaml:"pprof" help:"also serve Go's profiler on the metrics address, /debug/pprof/ (keep that address private)"`
 
 	Managers      []string `yaml:"managers" help:"manager addresses host:port (comma-separated); empty, with no etcd either: no manager (clients use a static worker list)"`
 	EtcdEndpoints []string `yaml:"etcd-endpoints" help:"etcd endpoints to find the manager leader (comma-separated)"`
@@ -249,7 +250,11 @@ func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *wo
 	w.reg = metrics.NewRegistry()
 	w.reg.MustRegister(&workerCollector{w: w})
 	if cfg.MetricsListen != "" {
-		w.metrics, err = metrics.Listen(cfg.MetricsListen, metrics.Handler(w.reg, metrics.Checks{Ready: w.ready}))
+		mux := metrics.Handler(w.reg, metrics.Checks{Ready: w.ready})
+		if cfg.Pprof {
+			metrics.Profiling(mux)
+		}
+		w.metrics, err = metrics.Listen(cfg.MetricsListen, mux)
 		if err != nil {
 			return w, err
 		}
