@@ -255,6 +255,17 @@ func (ch *channel) run(o *op, ended bool) {
 
 // end ends the channel with an ERROR (its terminal frame), unless it ended
 // already; its state is dropped by its owner.
+// refuseItem ends a write or push channel whose largest item (what, of
+// n bytes) could never be granted, being above its connection's memory,
+// and reports whether it did.
+func (ch *channel) refuseItem(what string, n int) bool {
+	if limit := ch.c.mem.limit; int64(n) > limit {
+		ch.end(wire.CodeInvalidArgument, fmt.Sprintf("%s %d above the connection's memory, %d bytes", what, n, limit))
+		return true
+	}
+	return false
+}
+
 func (ch *channel) end(code wire.Code, msg string) {
 	if ch.r != nil {
 		ch.r.requestEnd(code, msg)

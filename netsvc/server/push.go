@@ -57,8 +57,7 @@ func (pc *pushChan) open(req *openReq) {
 	m := &req.push
 	pc.job, pc.ds = req.job, req.ds
 	pc.reduce, pc.mapIdx, pc.att, pc.maps, pc.maxSeg = m.Reduce, m.Map, m.Attempt, m.Maps, int(m.MaxSegmentBytes)
-	if int64(pc.maxSeg) > c.mem.limit {
-		ch.end(wire.CodeInvalidArgument, fmt.Sprintf("max segment bytes %d above the connection's memory, %d bytes", pc.maxSeg, c.mem.limit))
+	if ch.refuseItem("max segment bytes", pc.maxSeg) {
 		return
 	}
 	if rp, err := c.s.store.Reduce(req.job, req.ds, m.Reduce); err == nil && !rp.Finalized() && rp.MapCount() != m.Maps {

@@ -82,8 +82,7 @@ func (wc *writeChan) open(req *openReq) {
 	ch, c := wc.ch, wc.ch.c
 	m := &req.write
 	wc.maxBuf, wc.subs = int(m.MaxBufferBytes), m.Subpartitions
-	if int64(wc.maxBuf) > c.mem.limit {
-		ch.end(wire.CodeInvalidArgument, fmt.Sprintf("max buffer bytes %d above the connection's memory, %d bytes", wc.maxBuf, c.mem.limit))
+	if ch.refuseItem("max buffer bytes", wc.maxBuf) {
 		return
 	}
 	w, err := c.s.store.CreateMap(ch.ctx, engine.MapSpec{Job: req.job, Dataset: req.ds, Map: m.Map, Attempt: m.Attempt,

@@ -215,12 +215,12 @@ func startWorker(ctx context.Context, cfg workerConfig, log *slog.Logger) (w *wo
 	log.Info("sluice worker: disks recovered", "worker", rep.WorkerID, "partitions", len(rep.Partitions), "lost", len(rep.Lost), "took", rep.Duration)
 	readBufs := max(int(float64(w.pool.Stats().Buffers)*cfg.ReadShare)/len(cfg.DataDirs), 8)
 	for _, d := range w.store.Disks() {
-		var cache int64
-		switch {
-		case cfg.ReadAhead < 0:
-			cache = -1
-		case cfg.ReadAhead > 0:
-			cache = max(int64(float64(readBufs)*cfg.ReadAhead)*int64(cfg.BufferSize), 1)
+		var cache int64 // 0: the scheduler's default
+		if cfg.ReadAhead != 0 {
+			cache = int64(float64(readBufs)*cfg.ReadAhead) * int64(cfg.BufferSize)
+			if cache <= 0 {
+				cache = -1 // none asked for, or less than one buffer
+			}
 		}
 		sc, err := scheduler.New(scheduler.Config{IO: d.IO(), Buffers: w.pool.NewShare("read "+d.Path(), readBufs), CacheBytes: cache, Trace: cfg.traceReads})
 		if err != nil {
