@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -42,6 +43,9 @@ type EngineConfig struct {
 	BufferBytes int   // engine write buffers
 	PoolBytes   int64 // the worker's pool
 	Log         *slog.Logger
+	// Timeline, when set, receives a line every 100 ms of each write phase
+	// (see timeline).
+	Timeline io.Writer
 }
 
 func (c *EngineConfig) withDefaults() EngineConfig {
@@ -221,6 +225,7 @@ func (c *EngineConfig) mapPhase(ctx context.Context, res *EngineResult) (err err
 	commits := make([]float64, c.MapWriters)
 	errs := make(chan error, c.MapWriters)
 	var wg sync.WaitGroup
+	defer startTimeline(c.Timeline, "map", s, dir, timelineInterval)()
 	start := time.Now()
 	for w := range c.MapWriters {
 		wg.Add(1)
@@ -326,6 +331,7 @@ func (c *EngineConfig) reducePhase(ctx context.Context, res *EngineResult) (err 
 	var next atomic.Int64
 	errs := make(chan error, c.Pushers)
 	var wg sync.WaitGroup
+	defer startTimeline(c.Timeline, "reduce", s, dir, timelineInterval)()
 	start := time.Now()
 	for range c.Pushers {
 		wg.Add(1)

@@ -1,10 +1,14 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +44,37 @@ func TestEngineSmall(t *testing.T) {
 	}
 	if obj["bench"] != "engine" {
 		t.Errorf("bench %v", obj["bench"])
+	}
+}
+
+// TestEngineTimeline checks the timeline of both write phases: a line at
+// least at each phase's end, and the engine's bytes written by then at
+// least the bytes of the files the phase committed.
+func TestEngineTimeline(t *testing.T) {
+	var out bytes.Buffer
+	cfg := EngineConfig{
+		Dir: t.TempDir(), Size: 8 << 20, MapWriters: 4, Subpartitions: 50, BufferPayload: 8 << 10,
+		Producers: 20, Reduces: 10, Pushers: 4,
+		BufferBytes: 256 << 10, PoolBytes: 32 << 20,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Timeline: &out,
+	}
+	res, err := Engine(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile(`^timeline (map|reduce) +[0-9.]+s  engine +[0-9]+ MB/s  total +([0-9]+) MB  pending +[0-9]+ MB  writes in IO +[0-9]+( \| device .*)? \| cpu +[0-9]+%$`)
+	total := map[string]int64{}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		m := line.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("timeline line %q", l)
+		}
+		total[m[1]], _ = strconv.ParseInt(m[2], 10, 64)
+	}
+	for phase, file := range map[string]int64{"map": res.MapFileBytes, "reduce": res.ReduceFileBytes} {
+		if got, ok := total[phase]; !ok || got < file/1e6-1 {
+			t.Errorf("%s phase: timeline ends at %d MB written (seen %v), the files hold %d bytes:\n%s", phase, got, ok, file, out.String())
+		}
 	}
 }

@@ -39,6 +39,7 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 	withFio := fs.Bool("fio", false, "run fio's sequential write (O_DIRECT, io_uring, 1 MiB, depth 16, end_fsync) on the same directory before each run, and report the ratios")
 	asJSON := fs.Bool("json", false, "end the output with one JSON object")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+	timeline := fs.Bool("timeline", false, "print to stderr, every 100 ms of each write phase, the engine's and the device's write rates, the bytes waiting for the disk and the CPU use")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice bench engine [flags]")
 		fmt.Fprintln(stderr, "\nWrites --size through concurrent MapPartition writers, then --size through producers pushing")
@@ -74,6 +75,9 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 		Producers: *producers, Reduces: *reduces, Pushers: *pushers, Partitions: *partitions,
 		Backend: *backend, BufferBytes: int(bufBytes), PoolBytes: int64(pool),
 		Log: slog.New(slog.NewTextHandler(stderr, nil)),
+	}
+	if *timeline {
+		cfg.Timeline = stderr
 	}
 	fmt.Fprintf(stdout, "%-4s %-10s %12s %12s %12s %12s %12s %12s\n", "run", "backend", "map MiB/s", "reduce MiB/s", "fio MiB/s", "commit p50", "commit p99", "map p99")
 	n := 0
