@@ -158,10 +158,13 @@ func (a *Agent) Updated(job, dataset string, kind api.PartitionKind, entries ...
 	for _, e := range entries {
 		k := key(job, dataset, kind, e)
 		if c := a.pending[k]; c != nil && !c.removed && kind == api.PartitionKind_REDUCE_PARTITION {
-			// Producers are additive: keep the earlier ones too.
-			merged := clonedEntry(e)
-			merged.Producers = append(append([]*api.ProducerAttempt(nil), c.entry.Producers...), e.Producers...)
-			c.entry = merged
+			// Producers are additive: keep the earlier ones too, appended
+			// to the change's own list (a partition may get a thousand
+			// producer commits between two heartbeats; copying the list
+			// each time was quadratic).
+			earlier := c.entry.Producers
+			c.entry = clonedEntry(e)
+			c.entry.Producers = append(earlier, e.Producers...)
 			continue
 		}
 		a.pending[k] = &change{entry: clonedEntry(e)}

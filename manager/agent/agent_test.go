@@ -296,3 +296,59 @@ type refusingManager struct{ fakeManager }
 func (r *refusingManager) Invoke(context.Context, string, any, any, ...grpc.CallOption) error {
 	return status.Error(codes.FailedPrecondition, "protocol versions do not overlap")
 }
+
+// TestCoalescingManyProducers: a thousand producer commits into one
+// ReducePartition between two heartbeats add up, in order, without
+// touching the entries the worker passed.
+func TestCoalescingManyProducers(t *testing.T) {
+	a, err := New(Config{WorkerID: "w", DataAddress: "w:1", Conn: &fakeManager{}}, &fakeWorker{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	passed := make([]*api.PartitionEntry, n)
+	for m := range n {
+		passed[m] = &api.PartitionEntry{ReduceIndex: 3, Bytes: uint64(m), Producers: []*api.ProducerAttempt{{MapIndex: uint32(m)}}}
+		a.Updated("j", "r", api.PartitionKind_REDUCE_PARTITION, passed[m])
+	}
+	updated, _ := group(a.pending)
+	if len(updated) != 1 || len(updated[0].Partitions) != 1 {
+		t.Fatalf("updated %v", updated)
+	}
+	e := updated[0].Partitions[0]
+	if len(e.Producers) != n || e.Bytes != n-1 {
+		t.Fatalf("%d producers, %d bytes; want %d, %d", len(e.Producers), e.Bytes, n, n-1)
+	}
+	for m, p := range e.Producers {
+		if p.MapIndex != uint32(m) {
+			t.Fatalf("producer %d is map %d", m, p.MapIndex)
+		}
+	}
+	for m, p := range passed {
+		if len(p.Producers) != 1 || p.Producers[0].MapIndex != uint32(m) {
+			t.Fatalf("the worker's entry %d changed: %v", m, p)
+		}
+	}
+}
+
+// BenchmarkUpdatedReduce: one op is 1,000 producer commits into one
+// ReducePartition between two heartbeats.
+func BenchmarkUpdatedReduce(b *testing.B) {
+	a, err := New(Config{WorkerID: "w", DataAddress: "w:1", Conn: &fakeManager{}}, &fakeWorker{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	entries := make([]*api.PartitionEntry, 1000)
+	for m := range entries {
+		entries[m] = &api.PartitionEntry{ReduceIndex: 3, Producers: []*api.ProducerAttempt{{MapIndex: uint32(m)}}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		a.mu.Lock()
+		a.pending = map[partKey]*change{}
+		a.mu.Unlock()
+		for _, e := range entries {
+			a.Updated("j", "r", api.PartitionKind_REDUCE_PARTITION, e)
+		}
+	}
+}

@@ -362,7 +362,15 @@ func (w *worker) close() error {
 // every registration (agent.Worker.Partitions).
 type catalog struct {
 	mu     sync.Mutex
-	groups map[groupKey]map[entryKey]*api.PartitionEntry
+	groups map[groupKey]map[entryKey]*catEntry
+}
+
+// catEntry is a partition in the catalogue; for a ReducePartition, maps
+// indexes its producers, so that each producer commit is added in constant
+// time (a partition of 1,000 producers gets 1,000 of them).
+type catEntry struct {
+	e    *api.PartitionEntry
+	maps map[uint32]bool
 }
 
 type groupKey struct {
@@ -372,7 +380,7 @@ type groupKey struct {
 
 type entryKey struct{ index, attempt uint32 }
 
-func (c *catalog) init() { c.groups = map[groupKey]map[entryKey]*api.PartitionEntry{} }
+func (c *catalog) init() { c.groups = map[groupKey]map[entryKey]*catEntry{} }
 
 func refGroup(r engine.PartitionRef) (groupKey, entryKey) {
 	if r.Kind == engine.KindReduce {
@@ -391,41 +399,55 @@ func newEntry(r engine.PartitionRef, disk string, bytes int64, state api.Partiti
 	return e
 }
 
-// put merges e into the catalogue (producers of a ReducePartition add up).
+// put merges e into the catalogue (producers of a ReducePartition add up,
+// each map once). The catalogue keeps e (it is the caller's no more).
 func (c *catalog) put(g groupKey, k entryKey, e *api.PartitionEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.groups[g]
 	if m == nil {
-		m = map[entryKey]*api.PartitionEntry{}
+		m = map[entryKey]*catEntry{}
 		c.groups[g] = m
 	}
-	if old := m[k]; old != nil && g.kind == api.PartitionKind_REDUCE_PARTITION {
-		seen := map[uint32]bool{}
-		for _, p := range old.Producers {
-			seen[p.MapIndex] = true
-		}
-		merged := &api.PartitionEntry{ReduceIndex: e.ReduceIndex, DiskId: e.DiskId, Bytes: max(e.Bytes, old.Bytes), State: max(e.State, old.State)}
-		merged.Producers = append(merged.Producers, old.Producers...)
-		for _, p := range e.Producers {
-			if !seen[p.MapIndex] {
-				merged.Producers = append(merged.Producers, p)
+	old := m[k]
+	if old == nil || g.kind != api.PartitionKind_REDUCE_PARTITION {
+		ce := &catEntry{e: e}
+		if g.kind == api.PartitionKind_REDUCE_PARTITION {
+			ce.maps = make(map[uint32]bool, len(e.Producers))
+			producers := e.Producers[:0]
+			for _, p := range e.Producers {
+				if !ce.maps[p.MapIndex] {
+					ce.maps[p.MapIndex] = true
+					producers = append(producers, p)
+				}
 			}
+			e.Producers = producers
 		}
-		e = merged
+		m[k] = ce
+		return
 	}
-	m[k] = e
+	o := old.e
+	o.DiskId, o.Bytes, o.State = e.DiskId, max(e.Bytes, o.Bytes), max(e.State, o.State)
+	for _, p := range e.Producers {
+		if !old.maps[p.MapIndex] {
+			old.maps[p.MapIndex] = true
+			o.Producers = append(o.Producers, p)
+		}
+	}
 }
 
 func (c *catalog) remove(g groupKey, k entryKey) *api.PartitionEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.groups[g][k]
+	ce := c.groups[g][k]
 	delete(c.groups[g], k)
 	if len(c.groups[g]) == 0 {
 		delete(c.groups, g)
 	}
-	return e
+	if ce == nil {
+		return nil
+	}
+	return ce.e
 }
 
 // drop forgets a released job or dataset.
@@ -445,7 +467,8 @@ func (c *catalog) snapshot() []*api.DatasetPartitions {
 	out := make([]*api.DatasetPartitions, 0, len(c.groups))
 	for g, m := range c.groups {
 		dp := &api.DatasetPartitions{JobId: g.job, DatasetId: g.dataset, Kind: g.kind}
-		for _, e := range m {
+		for _, ce := range m {
+			e := ce.e
 			c := &api.PartitionEntry{MapIndex: e.MapIndex, Attempt: e.Attempt, ReduceIndex: e.ReduceIndex, DiskId: e.DiskId, Bytes: e.Bytes, State: e.State}
 			c.Producers = append(c.Producers, e.Producers...)
 			dp.Partitions = append(dp.Partitions, c)
