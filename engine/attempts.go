@@ -134,6 +134,25 @@ func (t *attemptTable) committing(m uint32) bool {
 
 func (t *attemptTable) setCommitting(m uint32, on bool) { t.entry(m).committing = on }
 
+// committedAttempt returns map m's committed attempt, if it has one.
+func (t *attemptTable) committedAttempt(m uint32) (uint32, bool) {
+	ma := t.find(m)
+	if ma == nil {
+		return 0, false
+	}
+	if ma.hasFirst && ma.first.state == attemptCommitted {
+		return ma.firstID, true
+	}
+	if ma.more != nil {
+		for _, e := range *ma.more {
+			if e.st.state == attemptCommitted {
+				return e.id, true
+			}
+		}
+	}
+	return 0, false
+}
+
 // closeOthers closes every open attempt of map m but a.
 func (t *attemptTable) closeOthers(m, a uint32) {
 	ma := t.find(m)

@@ -343,8 +343,10 @@ func (rp *ReducePartition) admitLocked(h *layout.SegmentHeader) (bool, error) {
 	case h.Seq > st.next:
 		return false, fmt.Errorf("%w: map %d attempt %d seq %d, expected %d", ErrSeqGap, h.Map, h.Attempt, h.Seq, st.next)
 	}
-	if i, ok := rp.commitIndex(h.Map); ok && rp.commits[i].Attempt != h.Attempt {
-		return false, fmt.Errorf("%w: map %d committed attempt %d, push of attempt %d", ErrConflict, h.Map, rp.commits[i].Attempt, h.Attempt)
+	// The attempt table knows what commits holds (an attempt is committed
+	// there exactly when it is in commits), in the entry st came from.
+	if c, ok := rp.attempts.committedAttempt(h.Map); ok && c != h.Attempt {
+		return false, fmt.Errorf("%w: map %d committed attempt %d, push of attempt %d", ErrConflict, h.Map, c, h.Attempt)
 	}
 	return false, nil
 }

@@ -197,6 +197,10 @@ func TestReduceWriteRead(t *testing.T) {
 						errs <- fmt.Errorf("second attempt commit: %v", err)
 						return
 					}
+					if _, err := rp.Push(ctx, testSegment(m, a+7, 0, r)); !errors.Is(err, ErrConflict) {
+						errs <- fmt.Errorf("push of another attempt after the commit: %v", err)
+						return
+					}
 					// A retried push after the commit is still acknowledged.
 					if dup, err := rp.Push(ctx, testSegment(m, a, 0, r)); err != nil || !dup {
 						errs <- fmt.Errorf("retry after commit: %v %v", dup, err)

@@ -461,8 +461,10 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 		rp   *ReducePartition
 		segs uint32
 	}
-	byDisk := map[*Disk][]pending{}
-	recs := map[*Disk][]layout.Record{}
+	// By disk, in the order of s.disks; each disk's slices are made once,
+	// for every partition (a producer commits to a thousand at a time).
+	byDisk := make([][]pending, len(s.disks))
+	recs := make([][]layout.Record, len(s.disks))
 	var errs []error
 	for r, n := range segments {
 		rp := s.findReduce(layout.ReduceKey{Job: job, Dataset: dataset, Reduce: r})
@@ -475,26 +477,44 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 		case err != nil:
 			errs = append(errs, err)
 		case !done:
-			byDisk[rp.d] = append(byDisk[rp.d], pending{rp, n})
-			recs[rp.d] = append(recs[rp.d], rec)
+			i := slices.Index(s.disks, rp.d)
+			if byDisk[i] == nil {
+				byDisk[i], recs[i] = make([]pending, 0, len(segments)), make([]layout.Record, 0, len(segments))
+			}
+			byDisk[i] = append(byDisk[i], pending{rp, n})
+			recs[i] = append(recs[i], rec)
 		}
 	}
-	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for d, ps := range byDisk {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := make([]error, len(ps))
-			d.clog.commitMany(recs[d], out)
-			for i, p := range ps {
-				if err := p.rp.endCommit(mapIndex, attempt, p.segs, out[i]); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
+	commit := func(i int) {
+		out := make([]error, len(byDisk[i]))
+		s.disks[i].clog.commitMany(recs[i], out)
+		for j, p := range byDisk[i] {
+			if err := p.rp.endCommit(mapIndex, attempt, p.segs, out[j]); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
 			}
-		}()
+		}
+	}
+	// The disks' group commits at once, the last one on this goroutine.
+	var wg sync.WaitGroup
+	last := -1
+	for i := range byDisk {
+		if byDisk[i] == nil {
+			continue
+		}
+		if last >= 0 {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				commit(i)
+			}(last)
+		}
+		last = i
+	}
+	if last >= 0 {
+		commit(last)
 	}
 	wg.Wait()
 	return errors.Join(errs...)

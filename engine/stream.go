@@ -69,8 +69,9 @@ type stream struct {
 	spareCount atomic.Int32
 	inflight   atomic.Int32
 	wake       chan struct{}
-	errMu      sync.Mutex
-	err        error
+	// err is the first write error, set once: every push reads it, so it
+	// is a load, not a lock.
+	err atomic.Pointer[error]
 }
 
 // Preallocation steps when the final size is unknown: start small (a
@@ -111,17 +112,15 @@ func (s *stream) resume(n int64, tail []byte) {
 }
 
 func (s *stream) failed() error {
-	s.errMu.Lock()
-	defer s.errMu.Unlock()
-	return s.err
+	if p := s.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (s *stream) setErr(err error) {
-	s.errMu.Lock()
-	if s.err == nil {
-		s.err = wrapFault(err)
-	}
-	s.errMu.Unlock()
+	e := wrapFault(err)
+	s.err.CompareAndSwap(nil, &e)
 }
 
 // opDone is called by the reaper when one of the stream's ops completed.
