@@ -308,7 +308,7 @@ func (d *Disk) walkDataset(cat *layout.Catalog, job, ds, rel string, seenMaps ma
 				seenReduces[k] = true
 				d.reduces[k] = rp
 				rep.parts = append(rep.parts, RecoveredPartition{Partition: reduceRef(k), Disk: d.ID(),
-					Bytes: rp.s.length, Committed: slices.Clone(rp.commits), LostMaps: lostMaps})
+					Bytes: rp.s.length, Committed: slices.Clone(rp.sortedCommitsLocked()), LostMaps: lostMaps})
 				remain++
 				continue
 			}
@@ -403,7 +403,7 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 		st.state = attemptCommitted
 		rp.attempts.set(c.Map, c.Attempt, st)
 	}
-	rp.commits = kept
+	rp.commits, rp.commitsSorted = kept, false
 	// The segments of lost attempts stay in the file but are never served;
 	// a rerun pushes as a new attempt.
 	for _, c := range lostCommits {

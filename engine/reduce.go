@@ -75,7 +75,12 @@ type ReducePartition struct {
 	s          *stream
 	b          *layout.ReduceBuilder
 	attempts   *attemptTable
-	commits    []layout.AttemptCommit // ascending by map
+	// commits are the committed attempts, in commit order, ascending by
+	// map once sortedCommitsLocked has run (producers commit in about the
+	// order of their maps: a sorted insert per commit cost a binary search
+	// over a cold slice).
+	commits       []layout.AttemptCommit
+	commitsSorted bool
 	committing int
 	lostMaps   []uint32
 	err        error
@@ -93,7 +98,7 @@ type ReducePartition struct {
 }
 
 func newReduce(d *Disk, k layout.ReduceKey) *ReducePartition {
-	rp := &ReducePartition{d: d, key: k, ref: reduceRef(k), job: []byte(k.Job), ds: []byte(k.Dataset)}
+	rp := &ReducePartition{d: d, key: k, ref: reduceRef(k), job: []byte(k.Job), ds: []byte(k.Dataset), commitsSorted: true}
 	rp.cond.L = &rp.mu
 	return rp
 }
@@ -170,7 +175,16 @@ func (rp *ReducePartition) isFinalized() bool { return rp.final.Load() }
 func (rp *ReducePartition) Committed() []layout.AttemptCommit {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	return slices.Clone(rp.commits)
+	return slices.Clone(rp.sortedCommitsLocked())
+}
+
+// sortedCommitsLocked sorts the commits by map, if they are not.
+func (rp *ReducePartition) sortedCommitsLocked() []layout.AttemptCommit {
+	if !rp.commitsSorted {
+		slices.SortFunc(rp.commits, func(a, b layout.AttemptCommit) int { return cmp.Compare(a.Map, b.Map) })
+		rp.commitsSorted = true
+	}
+	return rp.commits
 }
 
 // LostMaps returns the producers whose committed segments recovery lost.
@@ -456,10 +470,6 @@ func (rp *ReducePartition) Push(ctx context.Context, segment []byte) (dup bool, 
 	return false, nil
 }
 
-func (rp *ReducePartition) commitIndex(m uint32) (int, bool) {
-	return slices.BinarySearchFunc(rp.commits, m, func(c layout.AttemptCommit, m uint32) int { return cmp.Compare(c.Map, m) })
-}
-
 // Commit is the producer commit of (map, attempt): its segments 0 to
 // segments-1 (all of them, or the producer lost a push: ErrSeqGap) become
 // part of the partition, recorded durably in the commit log (group commit)
@@ -498,13 +508,14 @@ func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layo
 		return layout.Record{}, false, err
 	}
 	st := rp.attempts.get(mapIndex, attempt)
-	if i, ok := rp.commitIndex(mapIndex); ok {
-		c := rp.commits[i]
-		if c.Attempt == attempt && c.Segments == segments {
+	if c, ok := rp.attempts.committedAttempt(mapIndex); ok {
+		// A committed attempt's stored seqs are its commit's segments.
+		cs := rp.attempts.get(mapIndex, c).next
+		if c == attempt && cs == segments {
 			return layout.Record{}, true, nil
 		}
 		return layout.Record{}, false, fmt.Errorf("%w: %s: map %d committed attempt %d with %d segments; commit of attempt %d with %d",
-			ErrConflict, rp.ref, mapIndex, c.Attempt, c.Segments, attempt, segments)
+			ErrConflict, rp.ref, mapIndex, c, cs, attempt, segments)
 	}
 	switch {
 	case st.state == attemptClosed:
@@ -532,8 +543,10 @@ func (rp *ReducePartition) endCommit(mapIndex, attempt, segments uint32, err err
 			st.state = attemptOpen
 		} else {
 			st.state = attemptCommitted
-			i, _ := rp.commitIndex(mapIndex)
-			rp.commits = slices.Insert(rp.commits, i, layout.AttemptCommit{Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes})
+			if n := len(rp.commits); n > 0 && rp.commits[n-1].Map > mapIndex {
+				rp.commitsSorted = false
+			}
+			rp.commits = append(rp.commits, layout.AttemptCommit{Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes})
 			// Other attempts of the map are superseded.
 			rp.attempts.closeOthers(mapIndex, attempt)
 		}
@@ -592,7 +605,7 @@ func (rp *ReducePartition) Finalize(ctx context.Context) (ReduceResult, error) {
 	}
 	var footer layout.ReduceFooter
 	var err error
-	rp.scratch, footer, err = rp.b.Finalize(rp.scratch[:0], rp.commits)
+	rp.scratch, footer, err = rp.b.Finalize(rp.scratch[:0], rp.sortedCommitsLocked())
 	if err == nil {
 		rp.s.mu.Lock()
 		err = rp.s.appendBytes(ctxBackground, rp.scratch)
@@ -627,7 +640,7 @@ func (rp *ReducePartition) failLocked(cause error) error {
 	}
 	err := &PartitionError{Partition: rp.ref, Disk: rp.d.path, Err: wrapFault(cause)}
 	rp.phase, rp.err = reduceFailed, err
-	lost := commitMaps(rp.commits)
+	lost := commitMaps(rp.sortedCommitsLocked())
 	rp.discardFile()
 	rp.d.forgetReduce(rp)
 	rp.d.store.noteLost(rp.d)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -218,6 +220,11 @@ func TestReduceWriteRead(t *testing.T) {
 			t.Fatalf("reader before finalize: %v", err)
 		}
 		for r := uint32(0); r < reduces; r++ {
+			// The producers committed concurrently; the list is by map.
+			rp, _ := s.Reduce("j", "d", r)
+			if c := rp.Committed(); len(c) != maps || !slices.IsSortedFunc(c, func(a, b layout.AttemptCommit) int { return cmp.Compare(a.Map, b.Map) }) {
+				t.Fatalf("partition %d committed %v", r, c)
+			}
 			res, err := s.FinalizeReduce(ctx, "j", "d", r)
 			if err != nil {
 				t.Fatal(err)
@@ -225,7 +232,6 @@ func TestReduceWriteRead(t *testing.T) {
 			if len(res.Committed) != maps {
 				t.Fatalf("finalize: %d commits", len(res.Committed))
 			}
-			rp, _ := s.Reduce("j", "d", r)
 			if _, err := rp.Push(ctx, testSegment(0, 0, segs, r)); !errors.Is(err, ErrFinalized) {
 				t.Fatalf("push after finalize: %v", err)
 			}
