@@ -68,23 +68,23 @@ type ReducePartition struct {
 	mapCount uint32
 	codec    layout.Codec
 
-	mu         sync.Mutex
-	cond       sync.Cond // committing reached zero
-	phase      reducePhase
-	f          *diskio.File
-	s          *stream
-	b          *layout.ReduceBuilder
-	attempts   *attemptTable
+	mu       sync.Mutex
+	cond     sync.Cond // committing reached zero
+	phase    reducePhase
+	f        *diskio.File
+	s        *stream
+	b        *layout.ReduceBuilder
+	attempts *attemptTable
 	// commits are the committed attempts, in commit order, ascending by
 	// map once sortedCommitsLocked has run (producers commit in about the
 	// order of their maps: a sorted insert per commit cost a binary search
 	// over a cold slice).
 	commits       []layout.AttemptCommit
 	commitsSorted bool
-	committing int
-	lostMaps   []uint32
-	err        error
-	scratch    []byte
+	committing    int
+	lostMaps      []uint32
+	err           error
+	scratch       []byte
 
 	// The open reservation.
 	resvHdr layout.SegmentHeader
