@@ -497,24 +497,12 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 			}
 		}
 	}
-	// The disks' group commits at once, the last one on this goroutine.
+	// The disks' group commits at once.
 	var wg sync.WaitGroup
-	last := -1
 	for i := range byDisk {
-		if byDisk[i] == nil {
-			continue
+		if byDisk[i] != nil {
+			wg.Go(func() { commit(i) })
 		}
-		if last >= 0 {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				commit(i)
-			}(last)
-		}
-		last = i
-	}
-	if last >= 0 {
-		commit(last)
 	}
 	wg.Wait()
 	return errors.Join(errs...)

@@ -253,8 +253,6 @@ func (ch *channel) run(o *op, ended bool) {
 	}
 }
 
-// end ends the channel with an ERROR (its terminal frame), unless it ended
-// already; its state is dropped by its owner.
 // refuseItem ends a write or push channel whose largest item (what, of
 // n bytes) could never be granted, being above its connection's memory,
 // and reports whether it did.
@@ -266,6 +264,8 @@ func (ch *channel) refuseItem(what string, n int) bool {
 	return false
 }
 
+// end ends the channel with an ERROR (its terminal frame), unless it ended
+// already; its state is dropped by its owner.
 func (ch *channel) end(code wire.Code, msg string) {
 	if ch.r != nil {
 		ch.r.requestEnd(code, msg)

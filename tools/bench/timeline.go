@@ -18,9 +18,9 @@ import (
 // accepted and not yet written, writes handed to its IO), what the device
 // under the directory saw (/sys/dev/block/MAJ:MIN/stat: bytes written, mean
 // request size, cache flushes), and the process's CPU use (100 % is one
-// CPU). It shows where a
-// phase's time goes: a disk waiting for writes, writes waiting for the disk,
-// or the CPU. A last line covers the time since the last sample.
+// CPU). It shows where a phase's time goes: a disk waiting for writes,
+// writes waiting for the disk, or the CPU. A last line covers the time
+// since the last sample.
 type timeline struct {
 	w        io.Writer
 	phase    string
@@ -36,6 +36,8 @@ type timeline struct {
 type timelineSample struct {
 	at           time.Time
 	engineBytes  int64
+	pending      int64 // accepted by the engine, not yet written
+	inIO         int   // writes queued for the IO or in it
 	cpu          time.Duration
 	dev          [17]int64 // the device's stat fields (Documentation/block/stat.rst)
 	devAvailable bool
@@ -80,10 +82,10 @@ func (t *timeline) run() {
 
 func (t *timeline) sample() timelineSample {
 	x := timelineSample{at: time.Now()}
-	var pending int64
 	for _, d := range t.s.Stats().Disks {
 		x.engineBytes += d.BytesWritten
-		pending += d.PendingBytes
+		x.pending += d.PendingBytes
+		x.inIO += d.WritesInIO + d.WritesQueued
 	}
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
@@ -116,15 +118,9 @@ func (t *timeline) line() {
 	if secs <= 0 {
 		return
 	}
-	var pending int64
-	var inIO int
-	for _, d := range t.s.Stats().Disks {
-		pending += d.PendingBytes
-		inIO += d.WritesInIO + d.WritesQueued
-	}
 	mb := func(b int64) float64 { return float64(b) / 1e6 }
 	fmt.Fprintf(t.w, "timeline %-6s %6.2fs  engine %5.0f MB/s  total %6.0f MB  pending %5.0f MB  writes in IO %4d",
-		t.phase, x.at.Sub(t.start).Seconds(), mb(x.engineBytes-t.last.engineBytes)/secs, mb(x.engineBytes), mb(pending), inIO)
+		t.phase, x.at.Sub(t.start).Seconds(), mb(x.engineBytes-t.last.engineBytes)/secs, mb(x.engineBytes), mb(x.pending), x.inIO)
 	if x.devAvailable && t.last.devAvailable {
 		reqs := x.dev[statWrites] - t.last.dev[statWrites]
 		bytes := (x.dev[statWriteSectors] - t.last.dev[statWriteSectors]) * 512

@@ -409,29 +409,31 @@ func (c *catalog) put(g groupKey, k entryKey, e *api.PartitionEntry) {
 		m = map[entryKey]*catEntry{}
 		c.groups[g] = m
 	}
-	old := m[k]
-	if old == nil || g.kind != api.PartitionKind_REDUCE_PARTITION {
-		ce := &catEntry{e: e}
-		if g.kind == api.PartitionKind_REDUCE_PARTITION {
-			ce.maps = make(map[uint32]bool, len(e.Producers))
-			producers := e.Producers[:0]
-			for _, p := range e.Producers {
-				if !ce.maps[p.MapIndex] {
-					ce.maps[p.MapIndex] = true
-					producers = append(producers, p)
-				}
-			}
-			e.Producers = producers
-		}
+	reduce := g.kind == api.PartitionKind_REDUCE_PARTITION
+	ce := m[k]
+	if ce == nil || !reduce {
+		ce = &catEntry{e: e}
 		m[k] = ce
+		if !reduce {
+			return
+		}
+		ce.maps = make(map[uint32]bool, len(e.Producers))
+		producers := e.Producers
+		e.Producers = producers[:0] // refilled below, each map once
+		ce.addProducers(producers)
 		return
 	}
-	o := old.e
+	o := ce.e
 	o.DiskId, o.Bytes, o.State = e.DiskId, max(e.Bytes, o.Bytes), max(e.State, o.State)
-	for _, p := range e.Producers {
-		if !old.maps[p.MapIndex] {
-			old.maps[p.MapIndex] = true
-			o.Producers = append(o.Producers, p)
+	ce.addProducers(e.Producers)
+}
+
+// addProducers appends the producers whose maps the entry lacks.
+func (ce *catEntry) addProducers(ps []*api.ProducerAttempt) {
+	for _, p := range ps {
+		if !ce.maps[p.MapIndex] {
+			ce.maps[p.MapIndex] = true
+			ce.e.Producers = append(ce.e.Producers, p)
 		}
 	}
 }
