@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/sluice-shuffle/sluice/layout"
@@ -152,4 +155,36 @@ func BenchmarkReducePush(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkSortedCommits orders the 1,000 producer commits of one
+// ReducePartition by map at finalize, as they arrive from concurrent
+// producers (in about map order, 64 at a time): by sorting, and by placing
+// each at its map's index (what sortedCommitsLocked does).
+func BenchmarkSortedCommits(b *testing.B) {
+	const maps = 1000
+	arrived := make([]layout.AttemptCommit, maps)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range arrived {
+		arrived[i] = layout.AttemptCommit{Map: uint32(i), Segments: 1, Bytes: 4 << 10}
+	}
+	for i := 0; i < maps; i += 64 {
+		chunk := arrived[i:min(i+64, maps)]
+		rng.Shuffle(len(chunk), func(a, b int) { chunk[a], chunk[b] = chunk[b], chunk[a] })
+	}
+	work := make([]layout.AttemptCommit, maps)
+	b.Run("sort", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, arrived)
+			slices.SortFunc(work, func(a, b layout.AttemptCommit) int { return cmp.Compare(a.Map, b.Map) })
+		}
+	})
+	b.Run("place", func(b *testing.B) {
+		for b.Loop() {
+			copy(work, arrived)
+			if _, ok := placeByMap(work, maps); !ok {
+				b.Fatal("placeByMap refused distinct maps")
+			}
+		}
+	})
 }

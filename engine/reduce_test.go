@@ -411,3 +411,33 @@ func TestMergeBufferPressure(t *testing.T) {
 		}
 	})
 }
+
+func TestPlaceByMap(t *testing.T) {
+	c := func(maps ...uint32) []layout.AttemptCommit {
+		var out []layout.AttemptCommit
+		for _, m := range maps {
+			out = append(out, layout.AttemptCommit{Map: m, Attempt: m + 1, Segments: 2 * m, Bytes: uint64(m) << 10})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name     string
+		in       []layout.AttemptCommit
+		mapCount uint32
+		want     []layout.AttemptCommit
+		ok       bool
+	}{
+		{"sorted", c(0, 1, 2), 3, c(0, 1, 2), true},
+		{"reversed with gaps", c(9, 4, 0, 7), 10, c(0, 4, 7, 9), true},
+		{"empty", nil, 4, c(), true},
+		{"a map twice", c(1, 2, 1), 3, nil, false},
+		{"a map out of range", c(0, 3), 3, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := placeByMap(tc.in, tc.mapCount)
+			if ok != tc.ok || (ok && !slices.Equal(got, tc.want)) {
+				t.Fatalf("placeByMap = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
