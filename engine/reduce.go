@@ -178,6 +178,14 @@ func (rp *ReducePartition) Committed() []layout.AttemptCommit {
 	return slices.Clone(rp.sortedCommitsLocked())
 }
 
+// CommittedCount is the number of committed producer attempts, without
+// copying them (the server asks after every producer commit).
+func (rp *ReducePartition) CommittedCount() int {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return len(rp.commits)
+}
+
 // sortedCommitsLocked sorts the commits by map, if they are not. A map has
 // one committed attempt, so when the partition's maps are not many more
 // than its commits, each commit is put at its map's place instead of

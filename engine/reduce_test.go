@@ -225,6 +225,9 @@ func TestReduceWriteRead(t *testing.T) {
 			if c := rp.Committed(); len(c) != maps || !slices.IsSortedFunc(c, func(a, b layout.AttemptCommit) int { return cmp.Compare(a.Map, b.Map) }) {
 				t.Fatalf("partition %d committed %v", r, c)
 			}
+			if n := rp.CommittedCount(); n != maps {
+				t.Fatalf("partition %d: CommittedCount %d, want %d", r, n, maps)
+			}
 			res, err := s.FinalizeReduce(ctx, "j", "d", r)
 			if err != nil {
 				t.Fatal(err)

@@ -339,7 +339,7 @@ func (pc *pushChan) abortAttempt() {
 // leaves the partition open (NoAutoFinalize hands the decision to the
 // wiring).
 func (s *Server) maybeFinalize(rp *engine.ReducePartition) {
-	if s.cfg.NoAutoFinalize || uint32(len(rp.Committed())) < rp.MapCount() {
+	if s.cfg.NoAutoFinalize || uint32(rp.CommittedCount()) < rp.MapCount() {
 		return
 	}
 	if _, busy := s.finalizing.LoadOrStore(rp, struct{}{}); busy {
