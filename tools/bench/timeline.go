@@ -17,7 +17,8 @@ import (
 // and writes one line per sample: what the engine did (bytes written, bytes
 // accepted and not yet written, writes handed to its IO), what the device
 // under the directory saw (/sys/dev/block/MAJ:MIN/stat: bytes written, mean
-// request size, cache flushes), and the process's CPU use (100 % is one
+// request size, cache flushes, bytes discarded, and the share of the time
+// it had requests in flight), and the process's CPU use (100 % is one
 // CPU). It shows where a phase's time goes: a disk waiting for writes,
 // writes waiting for the disk, or the CPU. A last line covers the time
 // since the last sample.
@@ -107,9 +108,11 @@ func (t *timeline) sample() timelineSample {
 
 // The fields of /sys/dev/block/MAJ:MIN/stat the timeline reads.
 const (
-	statWrites       = 4
-	statWriteSectors = 6
-	statFlushes      = 15
+	statWrites         = 4
+	statWriteSectors   = 6
+	statBusyMs         = 9 // io_ticks: milliseconds with requests in flight
+	statDiscardSectors = 13
+	statFlushes        = 15
 )
 
 func (t *timeline) line() {
@@ -128,7 +131,10 @@ func (t *timeline) line() {
 		if reqs > 0 {
 			meanKiB = float64(bytes) / float64(reqs) / 1024
 		}
-		fmt.Fprintf(t.w, " | device %5.0f MB/s  mean request %4.0f KiB  flushes %3d", mb(bytes)/secs, meanKiB, x.dev[statFlushes]-t.last.dev[statFlushes])
+		fmt.Fprintf(t.w, " | device %5.0f MB/s  mean request %4.0f KiB  flushes %3d  discards %5.0f MB  busy %3.0f%%",
+			mb(bytes)/secs, meanKiB, x.dev[statFlushes]-t.last.dev[statFlushes],
+			mb((x.dev[statDiscardSectors]-t.last.dev[statDiscardSectors])*512),
+			float64(x.dev[statBusyMs]-t.last.dev[statBusyMs])/10/secs)
 	}
 	fmt.Fprintf(t.w, " | cpu %3.0f%%\n", 100*(x.cpu-t.last.cpu).Seconds()/secs)
 	t.last = x
