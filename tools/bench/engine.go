@@ -38,6 +38,9 @@ type EngineConfig struct {
 	Pushers   int
 	// Partitions committed MapPartitions are recovered (0: skip).
 	Partitions int
+	// SkipMap leaves the map phase out (a run of the reduce phase alone,
+	// for comparing changes to it in more runs).
+	SkipMap bool
 
 	Backend     string
 	BufferBytes int   // engine write buffers
@@ -181,8 +184,10 @@ func (c *EngineConfig) storeConfig(dir string) engine.Config {
 func Engine(ctx context.Context, cfg EngineConfig) (EngineResult, error) {
 	c := cfg.withDefaults()
 	res := EngineResult{Bench: "engine", Bytes: c.Size}
-	if err := c.mapPhase(ctx, &res); err != nil {
-		return res, fmt.Errorf("map phase: %w", err)
+	if !c.SkipMap {
+		if err := c.mapPhase(ctx, &res); err != nil {
+			return res, fmt.Errorf("map phase: %w", err)
+		}
 	}
 	if err := c.reducePhase(ctx, &res); err != nil {
 		return res, fmt.Errorf("reduce phase: %w", err)
@@ -319,6 +324,9 @@ func (c *EngineConfig) reducePhase(ctx context.Context, res *EngineResult) (err 
 		return err
 	}
 	defer func() { err = errors.Join(err, s.Close()) }()
+	if res.Backend == "" {
+		res.Backend = s.Disks()[0].Stats().Backend
+	}
 
 	pairs := int64(c.Producers) * int64(c.Reduces)
 	segBytes := c.Size / pairs

@@ -84,3 +84,20 @@ func TestEngineTimeline(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineSkipMap runs the reduce phase alone: no map figures, a reduce
+// phase that committed the whole size, and the backend still named.
+func TestEngineSkipMap(t *testing.T) {
+	cfg := EngineConfig{
+		Dir: t.TempDir(), Size: 8 << 20, Producers: 20, Reduces: 10, Pushers: 4, SkipMap: true,
+		BufferBytes: 256 << 10, PoolBytes: 32 << 20,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	res, err := Engine(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.MapWriteMiBs != 0 || res.MapFileBytes != 0 || res.ReduceWriteMiBs <= 0 || res.ReduceFileBytes < 8<<20*9/10 || res.Backend == "" {
+		t.Fatalf("result %+v", res)
+	}
+}

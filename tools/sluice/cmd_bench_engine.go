@@ -32,6 +32,7 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 	reduces := fs.Int("reduces", 1000, "ReducePartitions")
 	pushers := fs.Int("pushers", 64, "producers running at once")
 	partitions := fs.Int("partitions", 100000, "committed partitions for the recovery measurement (0: skip)")
+	mapPhase := fs.Bool("map", true, "run the MapPartition phase (false: the ReducePartition phase alone)")
 	fs.Var(&bufBytes, "buffer", "engine write buffer size")
 	fs.Var(&pool, "pool", "buffer pool size")
 	backend := fs.String("backend", diskio.BackendAuto, "IO backend: "+strings.Join(diskio.Backends, "|"))
@@ -72,7 +73,7 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 	engineProcs() // as a worker runs its engine
 	cfg := bench.EngineConfig{
 		Dir: *dir, Size: int64(size), MapWriters: *writers, Subpartitions: *subs,
-		Producers: *producers, Reduces: *reduces, Pushers: *pushers, Partitions: *partitions,
+		Producers: *producers, Reduces: *reduces, Pushers: *pushers, Partitions: *partitions, SkipMap: !*mapPhase,
 		Backend: *backend, BufferBytes: int(bufBytes), PoolBytes: int64(pool),
 		Log: slog.New(slog.NewTextHandler(stderr, nil)),
 	}
