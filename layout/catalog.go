@@ -50,6 +50,10 @@ type ReduceState struct {
 	Finalized  bool
 	FileLength int64
 	FooterCRC  uint32
+	// MapCount and Codec are the partition's header fields, from its commit
+	// records (1.1); MapCount is 0 when only 1.0 records named it.
+	MapCount uint32
+	Codec    Codec
 }
 
 // Catalog is the state a commit log describes: the live partitions of one
@@ -109,6 +113,12 @@ func (c *Catalog) Apply(r *Record, off int64) error {
 			s.Commits = slices.Insert(s.Commits, i, cm)
 		}
 		s.DurableLength = max(s.DurableLength, r.FileLength)
+		if r.MapCount != 0 {
+			if s.MapCount != 0 && (s.MapCount != r.MapCount || s.Codec != r.Codec) {
+				return bad("map count %d codec %v, an earlier commit said %d and %v", r.MapCount, r.Codec, s.MapCount, s.Codec)
+			}
+			s.MapCount, s.Codec = r.MapCount, r.Codec
+		}
 	case RecordReduceFinalized:
 		s := c.reduce(r)
 		if s.Finalized && (s.FileLength != r.FileLength || s.FooterCRC != r.FooterCRC) {
@@ -205,7 +215,8 @@ func (c *Catalog) AppendSnapshot(dst []byte, h LogHeader) ([]byte, uint64, error
 		}
 		for _, cm := range s.Commits {
 			recs = append(recs, Record{Kind: RecordReduceCommitted, Job: []byte(k.Job), Dataset: []byte(k.Dataset),
-				Index: k.Reduce, Map: cm.Map, Attempt: cm.Attempt, Segments: cm.Segments, Bytes: cm.Bytes, FileLength: s.DurableLength})
+				Index: k.Reduce, Map: cm.Map, Attempt: cm.Attempt, Segments: cm.Segments, Bytes: cm.Bytes, FileLength: s.DurableLength,
+				MapCount: s.MapCount, Codec: s.Codec})
 		}
 	}
 	slices.SortFunc(recs, func(a, b Record) int {

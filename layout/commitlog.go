@@ -89,7 +89,9 @@ const (
 	// Map, Attempt, Segments (its seqs are 0..Segments-1, so the last seq
 	// is Segments-1), Bytes (payload bytes), FileLength (the file's
 	// durable length when the commit was recorded: every segment of the
-	// attempt lies before it).
+	// attempt lies before it); from 1.1, after the ids, MapCount and Codec
+	// (the partition's header fields: recovery recreates a partition whose
+	// file or header is missing from them).
 	RecordReduceCommitted RecordKind = 2
 	// RecordReduceFinalized: a ReducePartition file has its attempt table
 	// and footer and is durable; its commit records are no longer needed.
@@ -174,6 +176,10 @@ type Record struct {
 	FooterCRC  uint32
 	Scope      ReleaseScope
 	Records    uint64
+	// MapCount and Codec of a ReduceCommitted record (1.1); in a 1.0 log,
+	// MapCount is 0.
+	MapCount uint32
+	Codec    Codec
 }
 
 // Path returns the path, relative to the disk's root, of what a record
@@ -282,6 +288,9 @@ func (r *Record) validate() error {
 	if r.FileLength < 0 {
 		return invalidf("file length %d", r.FileLength)
 	}
+	if r.Codec > codecMax {
+		return invalidf("codec %d", r.Codec)
+	}
 	return checkIDs(r.Job, r.Dataset)
 }
 
@@ -316,16 +325,23 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 		dst = append(dst, r.Job...)
 		dst = append(dst, r.Dataset...)
 	}
+	if r.Kind == RecordReduceCommitted {
+		dst = append(u32(dst, r.MapCount), byte(r.Codec))
+	}
 	rec := dst[start:]
 	binary.LittleEndian.PutUint16(rec[recLengthOff:], uint16(len(rec)-RecordHeaderSize))
 	binary.LittleEndian.PutUint32(rec[recCRCOff:], Checksum(rec[recLengthOff:]))
 	return dst, nil
 }
 
-// decodeRecordBody decodes the body of a record of kind k into r. With
-// extra set (a log of a newer minor), bytes after the known fields are
-// allowed. It returns a description of the problem, or "".
-func decodeRecordBody(r *Record, body []byte, extra bool) string {
+// reduceSpecSize is the size of the fields 1.1 appends to ReduceCommitted.
+const reduceSpecSize = 4 + 1
+
+// decodeRecordBody decodes the body of a record of kind k, from a log of
+// version v, into r. In a log of a newer minor, bytes after the known
+// fields are allowed. It returns a description of the problem, or "".
+func decodeRecordBody(r *Record, body []byte, v Version) string {
+	extra := v.Minor() > Current.Minor()
 	k := r.Kind
 	if k == 0 || k > recordKindMax {
 		return fmt.Sprintf("unknown record kind %d", k)
@@ -361,6 +377,13 @@ func decodeRecordBody(r *Record, body []byte, extra bool) string {
 		}
 		r.Job = body[fixed+2 : fixed+2+jobLen]
 		r.Dataset = body[fixed+2+jobLen : n]
+	}
+	if k == RecordReduceCommitted && v.Minor() >= V1_1.Minor() {
+		if len(body) < n+reduceSpecSize {
+			return fmt.Sprintf("%v body of %d bytes, its map count and codec need %d", k, len(body), n+reduceSpecSize)
+		}
+		r.MapCount, r.Codec = le.Uint32(body[n:]), Codec(body[n+4])
+		n += reduceSpecSize
 	}
 	if len(body) != n && !extra {
 		return fmt.Sprintf("%v body of %d bytes, its fields take %d", k, len(body), n)
@@ -408,7 +431,6 @@ type LogScanner struct {
 	off          int
 	hdr          LogHeader
 	version      Version
-	extra        bool // the log's minor is newer: bodies may have extra fields
 	rec          Record
 	lastStart    int  // offset of the record Next found
 	writtenBad   bool // the bad record's CRC holds: it was written so
@@ -428,7 +450,7 @@ func NewLogScanner(b []byte) (*LogScanner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &LogScanner{b: b, size: len(b), off: n, hdr: h, version: v, extra: v.Minor() > Current.Minor(),
+	return &LogScanner{b: b, size: len(b), off: n, hdr: h, version: v,
 		nextLSN: h.FirstLSN, end: LogEnd{ValidLength: int64(n)}}, nil
 }
 
@@ -469,7 +491,7 @@ func newLogStreamScanner(r io.ReaderAt, size int64, window int) (*LogScanner, er
 		return nil, err
 	}
 	return &LogScanner{b: make([]byte, 0, max(window, maxRecordSize)), base: n, r: r, size: int(size), off: n,
-		hdr: h, version: v, extra: v.Minor() > Current.Minor(), nextLSN: h.FirstLSN, end: LogEnd{ValidLength: int64(n)}}, nil
+		hdr: h, version: v, nextLSN: h.FirstLSN, end: LogEnd{ValidLength: int64(n)}}, nil
 }
 
 func readAtMost(r io.ReaderAt, off, n int64) ([]byte, error) {
@@ -656,7 +678,7 @@ func (s *LogScanner) decode(off int) (int, *CorruptError) {
 	case s.rec.BatchPos != 0 && (s.records == 0 || s.rec.BatchPos != s.lastBatchPos+1):
 		return n, corruptf(kind, int64(off+recBatchPosOff), 2, "batch position %d after position %d", s.rec.BatchPos, s.lastBatchPos)
 	}
-	if msg := decodeRecordBody(&s.rec, rest[RecordHeaderSize:n], s.extra); msg != "" {
+	if msg := decodeRecordBody(&s.rec, rest[RecordHeaderSize:n], s.version); msg != "" {
 		return n, corruptf(kind, int64(off), int64(n), "%s", msg)
 	}
 	s.writtenBad = false

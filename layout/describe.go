@@ -637,7 +637,7 @@ func (d *describer) commitLog() {
 		if !d.more() {
 			return
 		}
-		d.record(s.Offset(), s.recordBytes(), s.Record())
+		d.record(s.Offset(), s.recordBytes(), s.Record(), s.version.Minor() >= V1_1.Minor())
 	}
 	end := s.End()
 	if err := s.Err(); err != nil {
@@ -665,7 +665,7 @@ func (d *describer) logError(off int64, err error) {
 }
 
 // record describes the record r of bytes b at offset off.
-func (d *describer) record(off int64, b []byte, r *Record) {
+func (d *describer) record(off int64, b []byte, r *Record, spec bool) {
 	d.section(off, int64(len(b)), "record LSN %d: %v", r.LSN, r.Kind)
 	d.field(off+recCRCOff, b[:4], "record CRC32C", crcValue(b[:4], b[recLengthOff:]))
 	d.field(off+recLengthOff, b[recLengthOff:recLengthOff+2], "body length", u16(b[recLengthOff:]))
@@ -717,6 +717,10 @@ func (d *describer) record(off int64, b []byte, r *Record) {
 		if p := r.Path(); p != "" {
 			d.printf("  %8s  %-47s  %-26s %s\n", "", "", "path", p)
 		}
+	}
+	if r.Kind == RecordReduceCommitted && spec {
+		f(4, "map count", dec(4))
+		f(1, "codec", r.Codec.String())
 	}
 	if end := off + int64(len(b)); at < end {
 		d.field(at, b[at-off:], "newer-minor fields", "skipped")

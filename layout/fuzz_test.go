@@ -264,7 +264,7 @@ func FuzzLogScanner(f *testing.F) {
 			if err != nil {
 				t.Fatalf("record %+v does not encode: %v", rec, err)
 			}
-			if !s.extra && !bytes.Equal(b, data[s.Offset():end]) {
+			if s.version.Minor() == Current.Minor() && !bytes.Equal(b, data[s.Offset():end]) {
 				t.Fatalf("record %+v re-encodes differently", rec)
 			}
 		}

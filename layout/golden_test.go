@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,7 +204,8 @@ func goldenIdentity(t testing.TB) []byte {
 	return b
 }
 
-// goldenLog builds the commit log golden file: a compacted log (generation
+// goldenLog builds the commit log golden file (commitlog-1.0.bin is the
+// same log in format 1.0, without the reduce commits' map count and codec): a compacted log (generation
 // 1) whose snapshot carries the golden MapPartition and map 0's commit to
 // the golden ReducePartition, then a group commit of the other reduce
 // commits, the reduce partition's finalization and the release of an older
@@ -215,7 +217,8 @@ func goldenLog(t testing.TB) []byte {
 	ds7, ds8 := []byte("ds-7"), []byte("ds-8")
 	reduceCommit := func(c AttemptCommit, length int64) Record {
 		return Record{Kind: RecordReduceCommitted, Job: goldenJob, Dataset: ds8, Index: 5,
-			Map: c.Map, Attempt: c.Attempt, Segments: c.Segments, Bytes: c.Bytes, FileLength: length}
+			Map: c.Map, Attempt: c.Attempt, Segments: c.Segments, Bytes: c.Bytes, FileLength: length,
+			MapCount: 4, Codec: CodecLZ4} // the golden ReducePartition's header
 	}
 	batches := [][]Record{
 		{
@@ -686,4 +689,33 @@ func TestNewerMajorRefused(t *testing.T) {
 			t.Fatalf("%s with minor 7: %v", name, err)
 		}
 	}
+}
+
+// TestLogMinor0 reads the 1.0 commit log golden file: its reduce commits
+// have no map count or codec, and it replays to the same partitions as the
+// current one.
+func TestLogMinor0(t *testing.T) {
+	old, err := os.ReadFile(filepath.Join(goldenDir, "commitlog-1.0.bin"))
+	must(t, err)
+	c0, h0, _, err := ReplayLog(old)
+	must(t, err)
+	c1, h1, _, err := ReplayLog(readGolden(t, "commitlog.bin"))
+	must(t, err)
+	if h0.Disk != h1.Disk || len(c0.Maps) != len(c1.Maps) || len(c0.Reduces) != len(c1.Reduces) {
+		t.Fatalf("1.0 log replays to %d maps, %d reduces; the current one to %d, %d", len(c0.Maps), len(c0.Reduces), len(c1.Maps), len(c1.Reduces))
+	}
+	for k, s1 := range c1.Reduces {
+		s0 := c0.Reduces[k]
+		if s0 == nil || s0.MapCount != 0 || !slices.Equal(s0.Commits, s1.Commits) || s0.Finalized != s1.Finalized {
+			t.Errorf("%v: 1.0 %+v, current %+v", k, s0, s1)
+		}
+	}
+	s, err := NewLogScanner(old)
+	must(t, err)
+	for s.Next() {
+		if r := s.Record(); r.Kind == RecordReduceCommitted && (r.MapCount != 0 || r.Codec != CodecNone) {
+			t.Errorf("1.0 record %+v has a map count or codec", r)
+		}
+	}
+	must(t, s.Err())
 }

@@ -20,9 +20,13 @@ const (
 	// files with region index blocks and a directory, ReducePartition files
 	// with an attempt table, the disk identity file and the commit log.
 	V1_0 Version = 0x0001_0000
+	// V1_1 appends to each ReduceCommitted record the partition's map
+	// count and codec, so that recovery can recreate an open partition
+	// whose file or header did not reach the disk.
+	V1_1 Version = 0x0001_0001
 
 	// Current is the version this build writes.
-	Current = V1_0
+	Current = V1_1
 )
 
 // Major returns the major number.
