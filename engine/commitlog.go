@@ -88,7 +88,7 @@ func recordSize(r *layout.Record) int {
 	case layout.RecordMapCommitted:
 		n += 20
 	case layout.RecordReduceCommitted:
-		n += 32
+		n += 32 + 5 // and the partition's map count and codec
 	case layout.RecordReduceFinalized:
 		n += 16
 	case layout.RecordReleased:

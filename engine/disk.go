@@ -86,6 +86,7 @@ type Disk struct {
 	stats       diskCounters
 
 	closing chan struct{}
+	creator *creator // new ReducePartition files (started with the disk)
 	closed  atomic.Bool
 }
 

@@ -98,7 +98,11 @@
 // syncs it once, appends the attempt table and footer, and records the
 // finalize. A crash before Finalize may therefore lose committed segments:
 // recovery reports exactly those producers as lost maps, and the partition
-// stays open for their reruns.
+// stays open for their reruns. A new ReducePartition's file is created by
+// the disk's creator goroutine while the producers already push, and its
+// header goes out with its first data, so even the file or its header may
+// be missing after a crash: each commit record carries the partition's map
+// count and codec, and recovery recreates the partition from them.
 //
 // # Recovery
 //
@@ -107,6 +111,7 @@
 // checked against the recorded CRC when the partition is first opened),
 // removes (or quarantines) everything never committed or released, scans
 // and truncates unfinalized ReducePartitions to their last valid segment,
-// keeping the committed attempts whose segments all survived, and writes
-// the compacted commit log of the result. See RecoveryReport.
+// keeping the committed attempts whose segments all survived (recreating
+// those whose header never reached the disk), and writes the compacted
+// commit log of the result. See RecoveryReport.
 package engine

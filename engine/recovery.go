@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/layout"
 	"golang.org/x/sys/unix"
 )
@@ -139,6 +140,19 @@ func (d *Disk) recover(rep *diskRecovery) error {
 		}
 	}
 	for k, st := range cat.Reduces {
+		if !seenReduces[k] && !st.Finalized && st.MapCount != 0 && len(st.Commits) > 0 {
+			// Committed before its file was created (in the background).
+			rp, lost, err := d.recreateReduce(k, st, k.Path(), nil)
+			if err == nil {
+				d.reduces[k] = rp
+				rep.parts = append(rep.parts, RecoveredPartition{Partition: reduceRef(k), Disk: d.ID(), Bytes: rp.s.length, LostMaps: lost})
+				continue
+			}
+			if classify(err) == faultFailed {
+				return err
+			}
+			d.log.Warn("engine: recreating a committed ReducePartition", "partition", reduceRef(k), "err", err)
+		}
 		if !seenReduces[k] {
 			lp := LostPartition{Partition: reduceRef(k), Disk: d.ID(), Reason: "file missing"}
 			if !st.Finalized {
@@ -363,6 +377,12 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 		err = &layout.CorruptError{File: layout.KindReducePartition, Offset: 0,
 			What: fmt.Sprintf("%s holds the partition of job %q dataset %q reduce %d", rel, sc.hdr.Job, sc.hdr.Dataset, sc.hdr.ReduceIndex)}
 	}
+	var ce *layout.CorruptError
+	if err != nil && errors.As(err, &ce) && ce.Offset == 0 && rs.MapCount != 0 {
+		// The header never reached the disk (it goes out with the
+		// partition's first data): the commit records say what it was.
+		return d.recreateReduce(k, rs, rel, f)
+	}
 	if err != nil {
 		return nil, nil, errors.Join(err, f.Close())
 	}
@@ -416,6 +436,61 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 		d.log.Info("engine: recovered an open ReducePartition", "file", rel, "valid", sc.valid, "size", size,
 			"kept", len(kept), "lost_maps", len(lost), "tail", sc.stop)
 	}
+	return rp, lost, nil
+}
+
+// recreateReduce starts an open partition anew, from its commit records,
+// when its file (f, or nil if it is missing) never got its header: the
+// file is created in the background and the header goes out with the
+// partition's first data, so a producer commit can be durable before
+// either. None of its segments survived: every committed producer is lost,
+// and the partition takes their reruns.
+func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel string, f *diskio.File) (*ReducePartition, []uint32, error) {
+	if f == nil {
+		d.mu.Lock()
+		err := d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
+		d.mu.Unlock()
+		if err != nil {
+			return nil, nil, err
+		}
+		if f, err = d.io.OpenFile(d.abs(rel), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
+			return nil, nil, fmt.Errorf("engine: create %s: %w", rel, err)
+		}
+	}
+	fail := func(err error) (*ReducePartition, []uint32, error) { return nil, nil, errors.Join(err, f.Close()) }
+	h := layout.ReduceHeader{Job: []byte(k.Job), Dataset: []byte(k.Dataset), ReduceIndex: k.Reduce, MapCount: rs.MapCount, Codec: rs.Codec}
+	b, err := layout.NewReduceBuilder(&h)
+	if err != nil {
+		return fail(err)
+	}
+	hdr, err := b.AppendHeader(nil)
+	if err != nil {
+		return fail(err)
+	}
+	a := max(f.Alignment().Offset, 1)
+	blk := alignedBytes(int(roundUp(int64(len(hdr)), int64(a))), max(f.Alignment().Memory, a))
+	copy(blk, hdr)
+	if err := f.Truncate(0); err != nil {
+		return fail(err)
+	}
+	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpWrite, File: f, Buf: blk}); err != nil {
+		return fail(err)
+	}
+	if err := f.Truncate(int64(len(hdr))); err != nil {
+		return fail(err)
+	}
+	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpSync, File: f}); err != nil {
+		return fail(err)
+	}
+	d.mu.Lock()
+	d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
+	d.mu.Unlock()
+	lost := commitMaps(rs.Commits)
+	rs.Commits, rs.DurableLength = nil, int64(len(hdr))
+	rp := newOpenReduce(d, k, rs.MapCount, rs.Codec, f, b, 0)
+	rp.s.resume(int64(len(hdr)), hdr[alignDown(int64(len(hdr)), int64(a)):])
+	rp.lostMaps = lost
+	d.log.Info("engine: recreated an open ReducePartition whose header was not on disk", "file", rel, "lost_maps", len(lost))
 	return rp, lost, nil
 }
 

@@ -311,3 +311,87 @@ func TestWorkerIdentity(t *testing.T) {
 		t.Fatal("a directory with data and no identity was adopted")
 	}
 }
+
+// TestRecoveryRecreatesHeaderless: a ReducePartition's file is created in
+// the background and its header goes out with its first data, so a
+// producer commit can be durable while the file is empty or missing.
+// Recovery recreates such a partition from its commit records (format
+// 1.1), reports its committed producers lost, and the partition takes
+// their reruns.
+func TestRecoveryRecreatesHeaderless(t *testing.T) {
+	for _, damage := range []string{"empty", "missing", "zeros"} {
+		t.Run(damage, func(t *testing.T) {
+			dir := t.TempDir()
+			ctx := context.Background()
+			s := openTestStore(t, testConfig("", dir))
+			rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "j", Dataset: "d", Reduce: 4, MapCount: 2, Codec: layout.CodecLZ4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pushAll(ctx, rp, 0, 0, 3, 4); err != nil {
+				t.Fatal(err)
+			}
+			if err := rp.Commit(ctx, 0, 0, 3); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, layout.ReducePartitionPath([]byte("j"), []byte("d"), 4))
+			switch damage {
+			case "empty":
+				err = os.Truncate(path, 0)
+			case "missing":
+				err = os.Remove(path)
+			case "zeros":
+				err = os.WriteFile(path, make([]byte, 8192), 0o644)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			s = openTestStore(t, testConfig("", dir))
+			rep := s.Recovery()
+			if len(rep.Lost) != 0 || len(rep.Partitions) != 1 {
+				t.Fatalf("recovery %+v", rep)
+			}
+			p := rep.Partitions[0]
+			if p.Partition.Index != 4 || p.Finalized || len(p.Committed) != 0 || !slices.Equal(p.LostMaps, []uint32{0}) {
+				t.Fatalf("recovered %+v, want an open partition that lost map 0", p)
+			}
+			rp, err = s.Reduce("j", "d", 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Map 0 reruns as attempt 1; map 1 pushes for the first time.
+			for m, a := range []uint32{1, 0} {
+				if err := pushAll(ctx, rp, uint32(m), a, 2, 4); err != nil {
+					t.Fatal(err)
+				}
+				if err := rp.Commit(ctx, uint32(m), a, 2); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := rp.Finalize(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Committed) != 2 || res.Committed[0].Map != 0 || res.Committed[0].Attempt != 1 || res.Committed[1].Map != 1 {
+				t.Fatalf("finalized with %+v, want map 0 attempt 1 and map 1 attempt 0", res.Committed)
+			}
+			// Exactly the reruns' segments are served, none of the lost ones.
+			got := readReduce(t, s, "j", "d", 4, 777)
+			if len(got) != 4 {
+				t.Fatalf("served %d segments, want 4", len(got))
+			}
+			for k, seg := range got {
+				if k[1] != map[uint32]uint32{0: 1, 1: 0}[k[0]] || !bytes.Equal(seg, testSegment(k[0], k[1], k[2], 4)) {
+					t.Fatalf("served segment %v differs", k)
+				}
+			}
+			if sum := verifyReduceFile(t, path); sum.Header.MapCount != 2 || sum.Header.Codec != layout.CodecLZ4 {
+				t.Fatalf("recreated header %+v", sum.Header)
+			}
+		})
+	}
+}

@@ -131,27 +131,19 @@ func (d *Disk) createReduce(k layout.ReduceKey, spec *ReduceSpec) (*ReducePartit
 	if err != nil {
 		return nil, err
 	}
-	rel := k.Path()
-	f, err := d.createFile(rel)
-	if err != nil {
-		return nil, err
-	}
-	// The header is made durable at once: whatever happens to the pushes
-	// in the merge buffer, recovery finds a partition it can continue (its
-	// directory entry is synced by the first commit's group commit).
+	// The file is created in the background (see creator); the header is
+	// the first bytes of the merge buffer and goes out with the first
+	// write. Recovery recreates a committed partition whose file or header
+	// never reached the disk from its commit records.
 	hint := spec.SizeHint
 	if hint <= 0 {
 		hint = d.cfg.ReducePreallocBytes
 	}
-	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, f, b, hint)
+	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, nil, b, hint)
+	rp.s.fileReady = make(chan struct{})
+	d.creator.add(k.Path(), rp.s)
 	rp.s.mu.Lock()
 	err = rp.s.appendBytes(ctxBackground, hdr)
-	if err == nil {
-		err = rp.s.flushData()
-	}
-	if err == nil {
-		err = rp.s.sync()
-	}
 	rp.s.mu.Unlock()
 	if err != nil {
 		rp.discardFile()
@@ -568,7 +560,8 @@ func (rp *ReducePartition) beginCommit(mapIndex, attempt, segments uint32) (layo
 	// FileLength is the partition's length at the commit: every segment of
 	// the attempt lies before it (written or not; see the type comment).
 	return layout.Record{Kind: layout.RecordReduceCommitted, Job: rp.job, Dataset: rp.ds, Index: rp.key.Reduce,
-		Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes, FileLength: rp.s.length}, false, nil
+		Map: mapIndex, Attempt: attempt, Segments: segments, Bytes: st.bytes, FileLength: rp.s.length,
+		MapCount: rp.mapCount, Codec: rp.codec}, false, nil
 }
 
 // endCommit records the outcome of a commit begun by beginCommit.
@@ -701,6 +694,9 @@ func (rp *ReducePartition) discardFile() {
 
 func (rp *ReducePartition) closeFileLocked() {
 	if rp.s != nil {
+		if rp.f == nil && rp.s.awaitFile() == nil {
+			rp.f = rp.s.f // created in the background
+		}
 		rp.d.removeStream(rp.s)
 		rp.s.releaseSpares()
 		rp.s = nil

@@ -189,6 +189,8 @@ func (d *Disk) start() {
 	d.submitterDone, d.reapStop, d.reaperDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go d.reap()
 	go d.submitter()
+	d.creator = newCreator(d)
+	go d.creator.run()
 	d.bg.Add(2)
 	go d.flusher()
 	d.deleter = newDeleter(d)
@@ -737,6 +739,9 @@ func (d *Disk) close() error {
 	}
 	for _, rp := range reduces {
 		rp.shutdown()
+	}
+	if d.creator != nil {
+		d.creator.stop() // after the partitions' last writes, which may wait for their files
 	}
 	var errs []error
 	if d.clog != nil {

@@ -32,6 +32,11 @@ import (
 // two slices (the end of the current buffer and the start of the next),
 // which the caller fills (from a socket) and then commits or cancels.
 //
+// A stream may start before its file exists (a ReducePartition's file is
+// created in the background, see creator): until then it only buffers,
+// whatever needs the file waits for it (awaitFile), and the flusher passes
+// it by.
+//
 // A stream has one owner at a time (its writer, under the writer's lock);
 // the disk's pressure flusher may take mu to flush an idle stream's partial
 // buffer. Completions arrive on the disk's reaper, which only touches the
@@ -61,9 +66,12 @@ type stream struct {
 	writtenEnd   int64 // logical bytes handed to writes, for the pending count
 	allocated    int64 // preallocated (file size after fallocate)
 	hint         int64 // expected final size, 0 if unknown
-	noPrealloc   bool
-	closed       bool
-	parts        [2][]byte
+	// fileReady is closed once f is set, or its creation failed (then err
+	// is set); nil when the stream started with its file.
+	fileReady  chan struct{}
+	noPrealloc bool
+	closed     bool
+	parts      [2][]byte
 
 	held       atomic.Int64 // bytes in cur, for the flusher's ordering
 	spareCount atomic.Int32
@@ -83,7 +91,11 @@ const (
 )
 
 func newStream(d *Disk, f *diskio.File, depth int, hint int64, spares int) *stream {
-	a := int64(max(f.Alignment().Offset, 1))
+	al := d.align // the file is not created yet: the disk's alignment
+	if f != nil {
+		al = f.Alignment()
+	}
+	a := int64(max(al.Offset, 1))
 	s := &stream{
 		d:        d,
 		f:        f,
@@ -109,6 +121,33 @@ func (s *stream) maxReserve() int { return s.bufBytes - int(s.align) }
 func (s *stream) resume(n int64, tail []byte) {
 	s.length, s.writtenEnd, s.allocated = n, n, n
 	s.tailLen = copy(s.tail, tail)
+}
+
+// awaitFile waits until the stream's file exists.
+func (s *stream) awaitFile() error {
+	if s.fileReady != nil {
+		<-s.fileReady
+	}
+	if s.f == nil {
+		if err := s.failed(); err != nil {
+			return err
+		}
+		return ErrClosed
+	}
+	return nil
+}
+
+// hasFile reports, without waiting, whether the file exists.
+func (s *stream) hasFile() bool {
+	if s.fileReady == nil {
+		return true
+	}
+	select {
+	case <-s.fileReady:
+		return s.f != nil
+	default:
+		return false
+	}
 }
 
 func (s *stream) failed() error {
@@ -478,6 +517,10 @@ func (s *stream) submitWrite(buf *mem.Buf, data []byte, off, end int64) error {
 		buf.Release()
 		return err
 	}
+	if err := s.awaitFile(); err != nil {
+		buf.Release()
+		return err
+	}
 	if err := s.preallocate(off + int64(len(data))); err != nil {
 		buf.Release()
 		s.d.noteFault(err)
@@ -562,6 +605,9 @@ func (s *stream) finish() error {
 		return err
 	}
 	s.releaseSpares()
+	if err := s.awaitFile(); err != nil {
+		return err
+	}
 	if err := s.f.Truncate(s.length); err != nil {
 		s.d.noteFault(err)
 		s.setErr(err)
@@ -572,6 +618,9 @@ func (s *stream) finish() error {
 
 // sync fdatasyncs the file through the IO.
 func (s *stream) sync() error {
+	if err := s.awaitFile(); err != nil {
+		return err
+	}
 	op := s.d.getOp()
 	op.req = diskio.Request{Op: diskio.OpSync, File: s.f}
 	op.s = s
@@ -611,7 +660,7 @@ func (s *stream) abort() {
 // flushEarly writes the current buffer out early for an idle disk, if it
 // holds at least min new bytes. Called by the disk's flusher with mu held.
 func (s *stream) flushEarly(min int64) bool {
-	if s.closed || s.resv != 0 || s.cur == nil || int64(s.curLen-s.carried) < min || s.failed() != nil {
+	if s.closed || s.resv != 0 || s.cur == nil || int64(s.curLen-s.carried) < min || s.failed() != nil || !s.hasFile() {
 		return false
 	}
 	if s.flushCur() != nil {
@@ -625,7 +674,7 @@ func (s *stream) flushEarly(min int64) bool {
 // buffer written out early. It reports whether it freed anything. Called by
 // the disk's flusher with mu held.
 func (s *stream) relieve() bool {
-	if s.closed || s.resv != 0 || s.failed() != nil {
+	if s.closed || s.resv != 0 || s.failed() != nil || !s.hasFile() {
 		return false
 	}
 	freed := len(s.spares) > 0

@@ -259,7 +259,8 @@ func recommitRecords(cat *layout.Catalog, m *ManifestEntry) ([]layout.Record, er
 		var recs []layout.Record
 		for _, cm := range slices.Clone(st.Commits) {
 			recs = append(recs, layout.Record{Kind: layout.RecordReduceCommitted, Job: []byte(k.Job), Dataset: []byte(k.Dataset), Index: k.Reduce,
-				Map: cm.Map, Attempt: cm.Attempt, Segments: cm.Segments, Bytes: cm.Bytes, FileLength: st.DurableLength})
+				Map: cm.Map, Attempt: cm.Attempt, Segments: cm.Segments, Bytes: cm.Bytes, FileLength: st.DurableLength,
+				MapCount: st.MapCount, Codec: st.Codec})
 		}
 		return recs, nil
 	}
