@@ -21,9 +21,10 @@ type creator struct {
 	done   chan struct{}
 }
 
-// fileCreation is one file to create for a stream.
+// fileCreation is one file of a dataset to create for a stream.
 type fileCreation struct {
 	rel string
+	ds  datasetKey
 	s   *stream
 }
 
@@ -35,7 +36,7 @@ func newCreator(d *Disk) *creator {
 
 // add queues the creation of rel for s, whose fileReady is closed when it
 // is done; after stop, it fails s with ErrClosed at once.
-func (c *creator) add(rel string, s *stream) {
+func (c *creator) add(rel string, ds datasetKey, s *stream) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -43,7 +44,7 @@ func (c *creator) add(rel string, s *stream) {
 		close(s.fileReady)
 		return
 	}
-	c.queue = append(c.queue, fileCreation{rel, s})
+	c.queue = append(c.queue, fileCreation{rel, ds, s})
 	c.cond.Signal()
 }
 
@@ -76,9 +77,9 @@ func (c *creator) create(fc fileCreation) {
 	if fc.s.failed() != nil {
 		return // failed before its file existed
 	}
-	f, err := c.d.createFile(fc.rel)
+	f, err := c.d.createFile(fc.rel, fc.ds)
 	if err != nil {
-		c.d.noteFault(err)
+		c.d.noteFault(err) // only IO errors change the disk's state
 		fc.s.setErr(err)
 		return
 	}

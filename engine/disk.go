@@ -454,11 +454,16 @@ func (d *Disk) markDirty(dirs []string) {
 	}
 }
 
-// createFile creates a partition file (relative path) exclusively, its
-// directories as needed, and opens it through the IO.
-func (d *Disk) createFile(rel string) (*diskio.File, error) {
+// createFile creates a partition file of dataset ds (relative path)
+// exclusively, its directories as needed, and opens it through the IO. A
+// dataset being released gets no new file (ErrReleased): its directories
+// are about to be deleted, and must not be remembered as existing.
+func (d *Disk) createFile(rel string, ds datasetKey) (*diskio.File, error) {
 	d.mu.Lock()
-	err := d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
+	err := ErrReleased
+	if !d.releasing(ds.job, ds.dataset) {
+		err = d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
+	}
 	if err == nil {
 		d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
 	}

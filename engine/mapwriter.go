@@ -93,7 +93,7 @@ func (d *Disk) createMap(k layout.MapKey, spec *MapSpec) (*MapWriter, error) {
 	if w.scratch, err = b.AppendHeader(make([]byte, 0, 4096)); err != nil {
 		return nil, err
 	}
-	if w.f, err = d.createFile(k.Path()); err != nil {
+	if w.f, err = d.createFile(k.Path(), datasetKey{k.Job, k.Dataset}); err != nil {
 		return nil, err
 	}
 	w.s = newStream(d, w.f, d.cfg.WriteDepth, spec.SizeHint, d.cfg.SpareBuffers)

@@ -230,8 +230,23 @@ func TestRelease(t *testing.T) {
 		}
 		checkMapReadable(t, s, "rel", "b", 0, 0)
 		checkMapReadable(t, s, "other", "a", 0, 0)
-		// The dataset may be written again once deleted.
+		// The dataset may be written again once deleted, ReducePartitions
+		// too (a file created in the background must not survive in the
+		// disk's directory cache across the deletion).
 		writeMap(t, s, "rel", "a", 0, 0)
+		rp2, err := s.OpenReduce(ctx, ReduceSpec{Job: "rel", Dataset: "a", Reduce: 1, MapCount: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pushAll(ctx, rp2, 0, 0, 2, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := rp2.Commit(ctx, 0, 0, 2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rp2.Finalize(ctx); err != nil {
+			t.Fatalf("a ReducePartition of the dataset written again: %v", err)
+		}
 		// A job release takes every dataset of the job.
 		if err := s.Release(ctx, "rel", ""); err != nil {
 			t.Fatal(err)

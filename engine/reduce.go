@@ -141,7 +141,7 @@ func (d *Disk) createReduce(k layout.ReduceKey, spec *ReduceSpec) (*ReducePartit
 	}
 	rp := newOpenReduce(d, k, spec.MapCount, spec.Codec, nil, b, hint)
 	rp.s.fileReady = make(chan struct{})
-	d.creator.add(k.Path(), rp.s)
+	d.creator.add(k.Path(), datasetKey{k.Job, k.Dataset}, rp.s)
 	rp.s.mu.Lock()
 	err = rp.s.appendBytes(ctxBackground, hdr)
 	rp.s.mu.Unlock()
