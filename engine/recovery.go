@@ -140,7 +140,10 @@ func (d *Disk) recover(rep *diskRecovery) error {
 		}
 	}
 	for k, st := range cat.Reduces {
-		if !seenReduces[k] && !st.Finalized && st.MapCount != 0 && len(st.Commits) > 0 {
+		if seenReduces[k] {
+			continue
+		}
+		if !st.Finalized && st.MapCount != 0 && len(st.Commits) > 0 {
 			// Committed before its file was created (in the background).
 			rp, lost, err := d.recreateReduce(k, st, k.Path(), nil)
 			if err == nil {
@@ -153,14 +156,12 @@ func (d *Disk) recover(rep *diskRecovery) error {
 			}
 			d.log.Warn("engine: recreating a committed ReducePartition", "partition", reduceRef(k), "err", err)
 		}
-		if !seenReduces[k] {
-			lp := LostPartition{Partition: reduceRef(k), Disk: d.ID(), Reason: "file missing"}
-			if !st.Finalized {
-				lp.LostMaps = commitMaps(st.Commits)
-			}
-			rep.lost = append(rep.lost, lp)
-			delete(cat.Reduces, k)
+		lp := LostPartition{Partition: reduceRef(k), Disk: d.ID(), Reason: "file missing"}
+		if !st.Finalized {
+			lp.LostMaps = commitMaps(st.Commits)
 		}
+		rep.lost = append(rep.lost, lp)
+		delete(cat.Reduces, k)
 	}
 	rep.Lost = len(rep.lost)
 	rep.WalkDuration = time.Since(walkStart)
@@ -447,14 +448,9 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 // and the partition takes their reruns.
 func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel string, f *diskio.File) (*ReducePartition, []uint32, error) {
 	if f == nil {
-		d.mu.Lock()
-		err := d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
-		d.mu.Unlock()
-		if err != nil {
+		var err error
+		if f, err = d.createFile(rel, datasetKey{k.Job, k.Dataset}); err != nil {
 			return nil, nil, err
-		}
-		if f, err = d.io.OpenFile(d.abs(rel), os.O_RDWR|os.O_CREATE, 0o644); err != nil {
-			return nil, nil, fmt.Errorf("engine: create %s: %w", rel, err)
 		}
 	}
 	fail := func(err error) (*ReducePartition, []uint32, error) { return nil, nil, errors.Join(err, f.Close()) }
@@ -470,9 +466,6 @@ func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel st
 	a := max(f.Alignment().Offset, 1)
 	blk := alignedBytes(int(roundUp(int64(len(hdr)), int64(a))), max(f.Alignment().Memory, a))
 	copy(blk, hdr)
-	if err := f.Truncate(0); err != nil {
-		return fail(err)
-	}
 	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpWrite, File: f, Buf: blk}); err != nil {
 		return fail(err)
 	}
@@ -482,9 +475,6 @@ func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel st
 	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpSync, File: f}); err != nil {
 		return fail(err)
 	}
-	d.mu.Lock()
-	d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
-	d.mu.Unlock()
 	lost := commitMaps(rs.Commits)
 	rs.Commits, rs.DurableLength = nil, int64(len(hdr))
 	rp := newOpenReduce(d, k, rs.MapCount, rs.Codec, f, b, 0)
