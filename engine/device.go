@@ -57,6 +57,7 @@ func deviceOf(dir, sysRoot string) (device, error) {
 type space struct {
 	Capacity int64
 	Free     int64 // available to unprivileged users (f_bavail)
+	Block    int64 // the file system's block size (f_bsize)
 }
 
 func statSpace(dir string) (space, error) {
@@ -65,5 +66,5 @@ func statSpace(dir string) (space, error) {
 		return space{}, fmt.Errorf("engine: statfs %s: %w", dir, err)
 	}
 	bs := int64(st.Bsize)
-	return space{Capacity: int64(st.Blocks) * bs, Free: int64(st.Bavail) * bs}, nil
+	return space{Capacity: int64(st.Blocks) * bs, Free: int64(st.Bavail) * bs, Block: bs}, nil
 }

@@ -32,6 +32,7 @@ type Disk struct {
 	dev      device
 	typ      DiskType
 	align    diskio.Alignment
+	fsBlock  int64 // the file system's block size
 	io       diskio.IO
 	share    *mem.Share
 	bufBytes int
@@ -46,22 +47,23 @@ type Disk struct {
 	pending  atomic.Int64 // bytes accepted by writers and not yet written
 	waiters  atomic.Int32 // writers waiting for a buffer of the share
 
-	// Writes in flight: a fixed table of operations, a free list, the FIFO
-	// of writes the submitter hands to the IO, and one completion channel
-	// drained by the reaper goroutine.
-	ops     []writeOp
-	freeOps chan *writeOp
-	opDone  chan *diskio.Request
-	submitQ chan *writeOp
-	ioSlots chan struct{}
-	ioMax   int
-	// opMu orders queueing against closing the queue at Close.
-	opMu          sync.RWMutex
-	opsClosed     bool
-	submitterDone chan struct{}
-	reapStop      chan struct{}
-	reaperDone    chan struct{}
-	bg            sync.WaitGroup // flusher and deleter
+	// Writes in flight: a fixed table of operations and a free list; at most
+	// ioMax writes in the IO (inIO), the others in the FIFO waitQ. Writes
+	// complete through completeFn on the IO's goroutine.
+	ops        []writeOp
+	freeOps    chan *writeOp
+	completeFn func(*diskio.Request)
+	opMu       sync.Mutex
+	opDrained  sync.Cond // the FIFO emptied (at Close)
+	waitQ      []*writeOp
+	qHead      int
+	qLen       int
+	inIO       int
+	ioMax      int
+	opsClosed  bool
+	queuedN    atomic.Int32 // qLen, inIO, for readers without the lock
+	inIOn      atomic.Int32
+	bg         sync.WaitGroup // flusher and deleter
 
 	// Streams with buffers, for the pressure flusher.
 	streamsMu sync.Mutex
@@ -218,6 +220,7 @@ func openDisk(s *Store, dc DirConfig) (*Disk, error) {
 	}
 	d.capacity.Store(sp.Capacity)
 	d.free.Store(sp.Free)
+	d.fsBlock = sp.Block
 	switch {
 	case cfg.ReserveBytes > 0:
 		d.reserve = cfg.ReserveBytes

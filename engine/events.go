@@ -7,7 +7,7 @@ import (
 )
 
 // eventQueue delivers events to Config.OnEvent from one goroutine, in the
-// order they were emitted, so that the goroutine emitting (a reaper, a
+// order they were emitted, so that the goroutine emitting (an IO's, a
 // committer, a writer) never waits for the receiver. Events are rare (per
 // partition, not per buffer), so the queue is an unbounded slice.
 type eventQueue struct {

@@ -11,7 +11,11 @@ import (
 
 // writeOp is one write (or fdatasync) of a stream in flight. A disk has a
 // fixed table of them, so that the write path allocates nothing: the
-// request's Tag is the op's index, and the reaper finds the op from it.
+// request's Tag is the op's index, by which its completion finds it.
+//
+// Ops complete on the IO's goroutine (diskio.Request.Complete): complete
+// releases the buffer, tells the stream and passes the op's IO slot to the
+// next queued write, and never blocks.
 type writeOp struct {
 	d   *Disk
 	idx uint64
@@ -23,7 +27,7 @@ type writeOp struct {
 	acct    int64    // bytes this write takes off the disk's pending count
 	start   time.Time
 	retries int
-	slot    bool // holds one of the submitter's IO slots
+	slot    bool // holds one of the disk's ioMax slots
 }
 
 // shortRetries bounds how often a write the kernel cut short is continued.
@@ -32,28 +36,29 @@ type writeOp struct {
 const shortRetries = 4
 
 // writesInIO bounds the writes a disk has in its IO at once. Deep enough
-// that the device stays busy through a scheduling delay of the goroutines
-// that feed it: on two cores busy with pushes, a completion was seen to
-// wait 20 to 70 ms for its goroutine, while 16 writes of 1 MiB last about
-// 10 ms on the device, which then idled (sluice bench engine, ReducePartition
-// phase: 722 MiB/s with 16, 895 with 64, medians of three alternating
-// runs). A third of the IO's depth is kept for reads and fdatasyncs, which
-// would otherwise queue behind the writes.
+// that the device stays busy through a scheduling delay of the IO's
+// goroutine: on two cores busy with pushes, a completion was seen to wait
+// 20 to 70 ms for a goroutine, while 16 writes of 1 MiB last about 10 ms on
+// the device, which then idled (sluice bench engine, ReducePartition phase:
+// 722 MiB/s with 16, 895 with 64, medians of three alternating runs; 24 and
+// 32 were no better once completions refilled the IO themselves). A third
+// of the IO's depth is kept for reads and fdatasyncs, which would otherwise
+// queue behind the writes.
 const writesInIO = 64
 
 // initOps makes the disk's op table: one op for every buffer of its share
 // (a write owns its buffer, so no more writes can be pending), plus room
-// for fdatasyncs. Writers therefore never wait for an op; the submitter
-// goroutine feeds them to the IO at most ioMax at a time.
+// for fdatasyncs. Writers therefore never wait for an op; at most ioMax
+// writes are in the IO at a time, the others wait in a FIFO.
 func (d *Disk) initOps() {
 	depth := d.io.Info().Depth
 	nops := d.share.Limit() + 2*depth + 64
 	d.ioMax = max(min(depth-depth/3, writesInIO), 1)
 	d.ops = make([]writeOp, nops)
 	d.freeOps = make(chan *writeOp, nops)
-	d.opDone = make(chan *diskio.Request, nops)
-	d.submitQ = make(chan *writeOp, nops)
-	d.ioSlots = make(chan struct{}, d.ioMax)
+	d.waitQ = make([]*writeOp, nops)
+	d.opDrained.L = &d.opMu
+	d.completeFn = d.completeReq
 	for i := range d.ops {
 		op := &d.ops[i]
 		op.d, op.idx = d, uint64(i)
@@ -65,45 +70,79 @@ func (d *Disk) initOps() {
 // getOp takes a free op.
 func (d *Disk) getOp() *writeOp { return <-d.freeOps }
 
-// queueOp hands a write to the submitter, in order, without waiting for
-// the IO: a writer holding a partition's lock must not wait behind the
-// hundred writes other partitions have queued.
+// queueOp hands a write to the IO, or to the FIFO when ioMax writes are
+// already there, without waiting: a writer holding a partition's lock must
+// not wait behind the hundred writes other partitions have queued. The
+// write completing ahead of it submits it, on the IO's goroutine: a write
+// goes out without waiting for any goroutine to be scheduled.
 func (d *Disk) queueOp(op *writeOp) {
-	op.req.Done = d.opDone
-	op.req.Tag = op.idx
-	d.opMu.RLock()
+	d.opMu.Lock()
 	if d.opsClosed {
-		d.opMu.RUnlock()
+		d.opMu.Unlock()
 		op.req.Err = ErrClosed
 		d.complete(op)
 		return
 	}
-	d.submitQ <- op
-	d.opMu.RUnlock()
-}
-
-// submitter hands queued writes to the IO, keeping at most ioMax of them
-// there (enough to keep the device busy, few enough that a request does
-// not wait behind hundreds of megabytes). It ends when the queue closes.
-func (d *Disk) submitter() {
-	defer close(d.submitterDone)
-	for op := range d.submitQ {
-		d.ioSlots <- struct{}{}
+	if d.inIO < d.ioMax && d.qLen == 0 {
+		d.inIO++
+		d.inIOn.Store(int32(d.inIO))
+		d.opMu.Unlock()
 		op.slot = true
 		d.submitOp(op)
+		return
 	}
+	d.waitQ[(d.qHead+d.qLen)%len(d.waitQ)] = op
+	d.qLen++
+	d.queuedN.Store(int32(d.qLen))
+	d.opMu.Unlock()
+}
+
+// releaseSlot passes a completed write's IO slot to the next queued write,
+// or frees it.
+func (d *Disk) releaseSlot() {
+	d.opMu.Lock()
+	var next *writeOp
+	if d.qLen > 0 {
+		next = d.waitQ[d.qHead]
+		d.waitQ[d.qHead] = nil
+		d.qHead = (d.qHead + 1) % len(d.waitQ)
+		d.qLen--
+		d.queuedN.Store(int32(d.qLen))
+		if d.qLen == 0 {
+			d.opDrained.Broadcast()
+		}
+	} else {
+		d.inIO--
+		d.inIOn.Store(int32(d.inIO))
+	}
+	d.opMu.Unlock()
+	if next != nil {
+		next.slot = true
+		d.submitOp(next)
+	}
+}
+
+// drainQueue waits, once no more writes are queued, for the queued ones to
+// be handed to the IO (as those in it complete).
+func (d *Disk) drainQueue() {
+	d.opMu.Lock()
+	d.opsClosed = true
+	for d.qLen > 0 {
+		d.opDrained.Wait()
+	}
+	d.opMu.Unlock()
 }
 
 // submitOp submits op's request to the IO now. On a synchronous failure
 // (the IO refused the request) the op completes through the same path as
 // an IO error; after the disk closed, at once.
 func (d *Disk) submitOp(op *writeOp) {
-	op.req.Done = d.opDone
+	op.req.Complete = d.completeFn
 	op.req.Tag = op.idx
 	op.start = time.Now()
-	d.opMu.RLock()
+	d.opMu.Lock()
 	closed := d.opsClosed && !op.slot
-	d.opMu.RUnlock()
+	d.opMu.Unlock()
 	if closed {
 		op.req.Err = ErrClosed
 		d.complete(op)
@@ -111,30 +150,13 @@ func (d *Disk) submitOp(op *writeOp) {
 	}
 	if err := d.io.Submit(op.one[:]...); err != nil {
 		op.req.Err = err
-		d.opDone <- &op.req
+		d.complete(op)
 	}
 }
 
-// reap completes the disk's ops: it releases their buffers at once (so a
-// writer that went quiet does not pin memory), accounts them and tells
-// their streams. It runs until opDone closes.
-func (d *Disk) reap() {
-	defer close(d.reaperDone)
-	for {
-		select {
-		case r := <-d.opDone:
-			d.complete(&d.ops[r.Tag])
-		case <-d.reapStop:
-			// The IO is closed: every request it had is completed, and
-			// its completion sent here. Take them all.
-			for len(d.freeOps) < len(d.ops) {
-				r := <-d.opDone
-				d.complete(&d.ops[r.Tag])
-			}
-			return
-		}
-	}
-}
+// completeReq is every op's completion function: it runs on the IO's
+// goroutine, and blocks on nothing.
+func (d *Disk) completeReq(r *diskio.Request) { d.complete(&d.ops[r.Tag]) }
 
 func (d *Disk) complete(op *writeOp) {
 	r := &op.req
@@ -160,7 +182,7 @@ func (d *Disk) complete(op *writeOp) {
 		d.noteFault(err)
 	}
 	if op.slot {
-		<-d.ioSlots
+		d.releaseSlot()
 		d.noteIdle()
 	}
 	s, buf, acct := op.s, op.buf, op.acct

@@ -70,7 +70,7 @@ func (d *Disk) flusher() {
 			// complete: flush early only what they cannot cover (a disk
 			// that is the bottleneck gains nothing from more, smaller
 			// writes).
-			if need := waiters - len(d.submitQ) - len(d.ioSlots); need > 0 {
+			if need := waiters - d.writesQueued(); need > 0 {
 				scratch = d.relievePass(scratch, need, 0)
 			}
 			retry.Reset(10 * time.Millisecond)
@@ -86,10 +86,13 @@ func (d *Disk) flusher() {
 // fraction full (a quarter of a 1 MiB buffer is still a large write).
 const idleFlushFraction = 4
 
+// writesQueued is how many writes are in the IO or waiting for it.
+func (d *Disk) writesQueued() int { return int(d.queuedN.Load() + d.inIOn.Load()) }
+
 // ioRoom is how many more writes the disk could take now without any
 // waiting in its queue (0 when it is busy enough).
 func (d *Disk) ioRoom() int {
-	queued := len(d.submitQ) + len(d.ioSlots)
+	queued := d.writesQueued()
 	if queued >= d.ioMax/2 {
 		return 0
 	}

@@ -243,7 +243,7 @@ func (rp *ReducePartition) checkOpenLocked() error {
 
 // MaxReserve is the largest segment (header and payload) ReserveSegment
 // takes; larger ones go through Push.
-func (rp *ReducePartition) MaxReserve() int { return rp.d.bufBytes - max(rp.d.align.Offset, 1) }
+func (rp *ReducePartition) MaxReserve() int { return rp.d.maxReserve() }
 
 // Available is how many bytes the partition can take without waiting: the
 // network's credit for pushes to it.

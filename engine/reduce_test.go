@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/layout"
 )
 
@@ -443,4 +444,90 @@ func TestPlaceByMap(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEarlyWritesEndOnBlocks: a ReducePartition's merge buffer written out
+// early (a disk with room for more writes, memory pressure) is written up
+// to its last file system block, the rest kept in memory: every write of
+// the file but the last ends on a block (ext4 would otherwise lock the
+// inode for it, and io_uring hand it to a worker thread), and the file
+// reads back whole.
+func TestEarlyWritesEndOnBlocks(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		type write struct{ off, end int64 }
+		var mu sync.Mutex
+		var writes []write
+		cfg := testConfig(backend, dir)
+		cfg.WrapIO = func(_ string, inner diskio.IO) diskio.IO {
+			f := diskio.NewFaulty(inner)
+			// A rule that disturbs nothing and records every data write.
+			f.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Match: func(_ diskio.Op, _ string, off int64, n int) bool {
+				mu.Lock()
+				writes = append(writes, write{off, off + int64(n)})
+				mu.Unlock()
+				return false
+			}})
+			return f
+		}
+		s := openTestStore(t, cfg)
+		d := s.Disks()[0]
+		align := int64(max(d.align.Offset, 1))
+		block := d.flushGranule(align)
+		if block == align {
+			t.Skipf("the file system's block (%d) is the DIO alignment: every write ends on one anyway", d.fsBlock)
+		}
+		ctx := context.Background()
+		rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "j", Dataset: "d", Reduce: 0, MapCount: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Segments of odd sizes; the disk is idle, so the writer writes the
+		// buffer out each time it passes a quarter of it.
+		const segs = 300
+		for seq := uint32(0); seq < segs; seq++ {
+			if _, err := pushReserve(ctx, rp, segmentBytes(0, 0, seq, payload(777+int(seq)%301, 0, seq))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := rp.Commit(ctx, 0, 0, segs); err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.FinalizeReduce(ctx, "j", "d", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		early := 0
+		last := int64(0)
+		for _, w := range writes {
+			last = max(last, w.end)
+		}
+		for _, w := range writes {
+			if w.end == last {
+				continue // the final write, padded to the alignment
+			}
+			early++
+			if w.end%block != 0 {
+				t.Errorf("write [%d, %d) ends inside a %d-byte block", w.off, w.end, block)
+			}
+		}
+		if early < 5 {
+			t.Fatalf("%d writes before the last: the test wrote nothing early (writes %v)", early, writes)
+		}
+		if st := d.Stats(); st.IdleFlush == 0 {
+			t.Fatalf("no early writes counted (%+v)", st)
+		}
+		verifyReduceFile(t, filepath.Join(dir, layout.ReducePartitionPath([]byte("j"), []byte("d"), 0)))
+		got := readReduce(t, s, "j", "d", 0, 1<<20)
+		if len(got) != segs {
+			t.Fatalf("read %d segments of %d (length %d)", len(got), segs, res.Length)
+		}
+		for k, b := range got {
+			if !bytes.Equal(b[layout.SegmentHeaderSize:], payload(777+int(k[2])%301, 0, k[2])) {
+				t.Fatalf("segment %v differs", k)
+			}
+		}
+	})
 }

@@ -42,8 +42,8 @@ type Store struct {
 
 // Open opens every data directory of cfg as a Disk (creating directories,
 // identities and commit logs on first use), recovers what they hold, and
-// starts the disks' goroutines (reaper, group committer, pressure flusher,
-// deleter) and the health checks. A disk whose recovery fails is marked
+// starts the disks' goroutines (file creator, group committer, pressure
+// flusher, deleter) and the health checks. A disk whose recovery fails is marked
 // failed and reported; the store opens with the others. Configuration
 // errors (a locked directory, identities of different workers, an unusable
 // buffer size) fail Open.
@@ -186,9 +186,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 // start launches the disk's goroutines.
 func (d *Disk) start() {
-	d.submitterDone, d.reapStop, d.reaperDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
-	go d.reap()
-	go d.submitter()
 	d.creator = newCreator(d)
 	go d.creator.run()
 	d.bg.Add(2)
@@ -756,18 +753,10 @@ func (d *Disk) close() error {
 	if started {
 		d.deleter.stop()
 		d.bg.Wait() // flusher and deleter: nothing queues writes any more
-		d.opMu.Lock()
-		d.opsClosed = true
-		close(d.submitQ)
-		d.opMu.Unlock()
-		<-d.submitterDone
+		d.drainQueue()
 	}
 	if d.io != nil {
 		errs = append(errs, d.io.Close())
-	}
-	if started {
-		close(d.reapStop)
-		<-d.reaperDone
 	}
 	if d.lockFD >= 0 {
 		errs = append(errs, closeFD(d.lockFD))

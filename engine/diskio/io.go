@@ -4,7 +4,11 @@
 // The interface is small and asynchronous. A caller fills Requests
 // (positional read, positional write, or fdatasync of a File), hands any
 // number of them to Submit in one call, and receives each one back, with its
-// result, on the Done channel it chose. Implementations:
+// result, on the Done channel it chose, or through its Complete function,
+// which the IO calls on its own goroutine: a caller that reacts to a
+// completion at once (returns the buffer, submits the next write) then does
+// not wait for one of its goroutines to be scheduled on cores busy with
+// other work. Implementations:
 //
 //   - uring: one io_uring per IO, owned by one goroutine locked to its OS
 //     thread (so the ring can use SINGLE_ISSUER, COOP_TASKRUN and
@@ -77,6 +81,12 @@ type Request struct {
 	// for every request the caller has in flight on it: completions are
 	// delivered by the IO's own goroutines, which block on a full channel.
 	Done chan<- *Request
+	// Complete, when set, receives the request instead of Done: the IO
+	// calls it on its own goroutine as the request completes (or in Submit,
+	// for a request that fails there), so it must not block, nor wait for
+	// another request. It may Submit: a Submit made while the IO runs
+	// completions never waits for queue space.
+	Complete func(*Request)
 	// Tag is for the caller (an index into its own tables); the IO never
 	// reads it.
 	Tag uint64
@@ -107,6 +117,10 @@ func (r *Request) finish(n int, err error) {
 		r.Err = r.opError(ErrShortWrite)
 	default:
 		r.Err = nil
+	}
+	if r.Complete != nil {
+		r.Complete(r)
+		return
 	}
 	r.Done <- r
 }
@@ -220,8 +234,8 @@ func (i Info) String() string {
 
 // validate checks a request before it is queued.
 func validate(r *Request) error {
-	if r.Done == nil {
-		return errors.New("diskio: request without a Done channel")
+	if r.Done == nil && r.Complete == nil {
+		return errors.New("diskio: request without a Done channel or Complete function")
 	}
 	if r.File == nil || r.File.fd < 0 {
 		return errors.New("diskio: request without an open file")

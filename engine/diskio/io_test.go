@@ -57,6 +57,7 @@ var conformance = []struct {
 	run  func(t *testing.T, b backend)
 }{
 	{"WriteReadBack", testWriteReadBack},
+	{"CompleteSubmits", testCompleteSubmits},
 	{"FixedBuffers", testFixedBuffers},
 	{"Fdatasync", testFdatasync},
 	{"HundredsInFlight", testHundredsInFlight},
@@ -488,6 +489,72 @@ func testCloseWithIOInFlight(t *testing.T, b backend) {
 	}
 	if r := <-done; !errors.Is(r.Err, ErrClosed) {
 		t.Fatalf("Submit after Close completed with %v, want ErrClosed", r.Err)
+	}
+}
+
+// testCompleteSubmits: Complete functions that submit the next request (as
+// the engine's completions do) on an IO of depth 1 whose queue is full must
+// not wait for the queue only the IO drains; every request completes once,
+// and requests submitted while Close runs complete with ErrClosed.
+func testCompleteSubmits(t *testing.T, b backend) {
+	io := b.open(t, 1)
+	f := createFile(t, io, "complete.data")
+	pool := newMemPool(t, 1, 4096)
+	buf := pool.TryGet()
+	defer buf.Release()
+	const chains, links = 16, 40
+	var mu sync.Mutex
+	left := chains * links
+	completed := make([]int, chains)
+	var failed []error
+	allDone := make(chan struct{})
+	reqs := make([]*Request, chains)
+	for c := range reqs {
+		r := &Request{Op: OpWrite, File: f, Buf: buf.Bytes(), Off: int64(c * 4096), Tag: uint64(c)}
+		r.Complete = func(r *Request) {
+			mu.Lock()
+			if r.Err != nil {
+				failed = append(failed, r.Err)
+			}
+			completed[r.Tag]++
+			again := completed[r.Tag] < links
+			left--
+			if left == 0 {
+				close(allDone)
+			}
+			mu.Unlock()
+			if again {
+				// The same request, submitted from its own completion.
+				if err := io.Submit(r); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		reqs[c] = r
+	}
+	// Submitting the chains waits for queue space, which the completions
+	// must keep freeing.
+	go func() {
+		if err := io.Submit(reqs...); err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-allDone:
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("completions stalled with %d of %d requests left (a Submit from a completion waited)", left, chains*links)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failed) > 0 {
+		t.Fatalf("%d requests failed, first: %v", len(failed), failed[0])
+	}
+	for c, n := range completed {
+		if n != links {
+			t.Fatalf("chain %d completed %d times, want %d", c, n, links)
+		}
 	}
 }
 

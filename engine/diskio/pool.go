@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,12 @@ type poolIO struct {
 	mu      sync.RWMutex
 	closed  bool
 	workers sync.WaitGroup
+	// completing counts workers running a completion. A Complete function
+	// may Submit, and must not wait for a full queue that only the workers
+	// drain (all of them may be completing): while one runs, a request
+	// that finds the queue full is handed to a goroutine of its own.
+	completing atomic.Int32
+	late       sync.WaitGroup
 }
 
 var _ IO = (*poolIO)(nil)
@@ -39,7 +46,9 @@ func (p *poolIO) work() {
 	defer p.workers.Done()
 	for r := range p.queue {
 		n, err := syncIO(r)
+		p.completing.Add(1)
 		r.finish(n, err)
+		p.completing.Add(-1)
 	}
 }
 
@@ -105,16 +114,44 @@ func (p *poolIO) Submit(reqs ...*Request) error {
 			return err
 		}
 	}
+	var rejected []*Request
 	p.mu.RLock()
-	defer p.mu.RUnlock()
-	for _, r := range reqs {
+	for i, r := range reqs {
 		if p.closed {
-			r.finish(0, ErrClosed)
-			continue
+			rejected = reqs[i:]
+			break
 		}
-		p.queue <- r
+		select {
+		case p.queue <- r:
+		default:
+			if p.completing.Load() > 0 {
+				p.late.Add(1)
+				go p.queueLate(r)
+			} else {
+				p.queue <- r
+			}
+		}
+	}
+	p.mu.RUnlock()
+	// Outside the lock: a Complete function may Submit again.
+	for _, r := range rejected {
+		r.finish(0, ErrClosed)
 	}
 	return nil
+}
+
+// queueLate queues r once the queue has room, or fails it when the IO
+// closed meanwhile.
+func (p *poolIO) queueLate(r *Request) {
+	defer p.late.Done()
+	p.mu.RLock()
+	if p.closed {
+		p.mu.RUnlock()
+		r.finish(0, ErrClosed)
+		return
+	}
+	p.queue <- r
+	p.mu.RUnlock()
 }
 
 func (p *poolIO) RegisterMemory([]byte, int) (bool, error) { return false, nil }
@@ -133,5 +170,6 @@ func (p *poolIO) Close() error {
 	close(p.queue)
 	p.mu.Unlock()
 	p.workers.Wait()
+	p.late.Wait() // those still waiting found the IO closed
 	return nil
 }

@@ -43,6 +43,11 @@ type ringIO struct {
 	sleeping atomic.Bool // the owner may be blocked in io_uring_enter
 	woken    atomic.Bool // an eventfd write is pending
 	fixed    atomic.Pointer[fixedMemory]
+	// completing is set while the owner runs completions: a Submit may
+	// then come from a Complete function on the owner, which must not wait
+	// for the queue only the owner drains. (Another goroutine's Submit in
+	// that window does not wait either: the queue's bound is soft.)
+	completing atomic.Bool
 
 	done     chan struct{} // closed when the owner exits
 	closeErr error         // set by the owner before done closes
@@ -118,7 +123,9 @@ func (r *ringIO) run(started chan<- error) {
 
 	for {
 		took, drained := r.fill()
+		r.completing.Store(true)
 		reaped := ring.Completions(r.completeFn)
+		r.completing.Store(false)
 		if drained && r.inflight == 0 {
 			break
 		}
@@ -323,11 +330,11 @@ func (r *ringIO) Submit(reqs ...*Request) error {
 	var rejected []*Request
 	r.mu.Lock()
 	for i, req := range reqs {
-		for len(r.queue)-r.qhead >= r.queueMax && !r.closing {
+		for r.full() {
 			r.mu.Unlock()
 			r.wakeOwner()
 			r.mu.Lock()
-			if len(r.queue)-r.qhead >= r.queueMax && !r.closing {
+			if r.full() {
 				r.space.Wait()
 			}
 		}
@@ -343,6 +350,12 @@ func (r *ringIO) Submit(reqs ...*Request) error {
 		req.finish(0, ErrClosed)
 	}
 	return nil
+}
+
+// full reports whether Submit must wait for queue space; called with mu
+// held.
+func (r *ringIO) full() bool {
+	return len(r.queue)-r.qhead >= r.queueMax && !r.closing && !r.completing.Load()
 }
 
 // RegisterMemory registers slab with the ring in chunks of whole units of at
