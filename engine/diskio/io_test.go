@@ -494,8 +494,8 @@ func testCloseWithIOInFlight(t *testing.T, b backend) {
 
 // testCompleteSubmits: Complete functions that submit the next request (as
 // the engine's completions do) on an IO of depth 1 whose queue is full must
-// not wait for the queue only the IO drains; every request completes once,
-// and requests submitted while Close runs complete with ErrClosed.
+// not wait for the queue only the IO drains; every request completes, each
+// exactly as often as it was submitted.
 func testCompleteSubmits(t *testing.T, b backend) {
 	io := b.open(t, 1)
 	f := createFile(t, io, "complete.data")
