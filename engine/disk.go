@@ -54,16 +54,18 @@ type Disk struct {
 	freeOps    chan *writeOp
 	completeFn func(*diskio.Request)
 	opMu       sync.Mutex
-	opDrained  sync.Cond // the FIFO emptied (at Close)
+	opDrained  sync.Cond // nothing queued or in the IO (drainQueue)
 	waitQ      []*writeOp
 	qHead      int
 	qLen       int
 	inIO       int
 	ioMax      int
 	opsClosed  bool
-	queuedN    atomic.Int32 // qLen, inIO, for readers without the lock
-	inIOn      atomic.Int32
-	bg         sync.WaitGroup // flusher and deleter
+	handing    bool // a releaseSlot is handing slots to queued writes
+	// qLen and inIO, for readers without the lock (stats, the flusher).
+	writesWaiting atomic.Int32
+	writesInIO    atomic.Int32
+	bg            sync.WaitGroup // flusher and deleter
 
 	// Streams with buffers, for the pressure flusher.
 	streamsMu sync.Mutex

@@ -88,9 +88,10 @@
 // their writers, because ReducePartition buffers fill in lockstep. An early
 // write ends on a file system block: the rest of the buffer (less than a
 // block) stays in a small array, so that every write but a file's last is
-// aligned to the file system's blocks (ext4 takes the inode lock for, and
-// io_uring hands to its worker threads, writes that end inside a block of
-// preallocated space). Nothing is allocated beyond the pool, and nothing per
+// aligned to the file system's blocks. ext4 takes the inode lock
+// exclusively for a direct write that is not, into preallocated space, and
+// so refuses io_uring's non-blocking attempt (ext4_dio_write_checks in
+// fs/ext4/file.c): io_uring then hands the write to a worker thread. Nothing is allocated beyond the pool, and nothing per
 // buffer: 0 allocs/op on both writers' paths.
 //
 // # Durability

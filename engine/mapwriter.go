@@ -118,7 +118,7 @@ func (w *MapWriter) Disk() *Disk { return w.d }
 
 // MaxReserve is the largest stored buffer (header and payload) Reserve
 // takes; larger ones go through Write.
-func (w *MapWriter) MaxReserve() int { return w.d.maxReserve() }
+func (w *MapWriter) MaxReserve() int { return w.s.maxReserve() }
 
 func (w *MapWriter) checkLocked() error {
 	switch w.phase {

@@ -15,7 +15,9 @@ import (
 //
 // Ops complete on the IO's goroutine (diskio.Request.Complete): complete
 // releases the buffer, tells the stream and passes the op's IO slot to the
-// next queued write, and never blocks.
+// next queued write. It waits for no IO and no writer: only for short
+// critical sections (the queue's, the pool's, and on a disk failure the
+// catalogue's).
 type writeOp struct {
 	d   *Disk
 	idx uint64
@@ -71,10 +73,11 @@ func (d *Disk) initOps() {
 func (d *Disk) getOp() *writeOp { return <-d.freeOps }
 
 // queueOp hands a write to the IO, or to the FIFO when ioMax writes are
-// already there, without waiting: a writer holding a partition's lock must
-// not wait behind the hundred writes other partitions have queued. The
-// write completing ahead of it submits it, on the IO's goroutine: a write
-// goes out without waiting for any goroutine to be scheduled.
+// already there: a writer holding a partition's lock never waits behind the
+// hundred writes other partitions have queued (only, rarely, for room in
+// the IO's own queue, which reads and fdatasyncs share). A queued write is
+// submitted by the completion that frees its slot, on the IO's goroutine:
+// it goes out without waiting for any goroutine to be scheduled.
 func (d *Disk) queueOp(op *writeOp) {
 	d.opMu.Lock()
 	if d.opsClosed {
@@ -85,7 +88,7 @@ func (d *Disk) queueOp(op *writeOp) {
 	}
 	if d.inIO < d.ioMax && d.qLen == 0 {
 		d.inIO++
-		d.inIOn.Store(int32(d.inIO))
+		d.noteQueueLocked()
 		d.opMu.Unlock()
 		op.slot = true
 		d.submitOp(op)
@@ -93,41 +96,57 @@ func (d *Disk) queueOp(op *writeOp) {
 	}
 	d.waitQ[(d.qHead+d.qLen)%len(d.waitQ)] = op
 	d.qLen++
-	d.queuedN.Store(int32(d.qLen))
+	d.noteQueueLocked()
 	d.opMu.Unlock()
 }
 
-// releaseSlot passes a completed write's IO slot to the next queued write,
-// or frees it.
+// releaseSlot frees a completed write's IO slot and hands the free slots to
+// queued writes. One caller at a time hands them on, in a loop: a write the
+// IO refuses at once (closed, failing) completes inside submitOp and frees
+// its slot again, and a loop keeps the stack flat where a call chain would
+// be as deep as the queue is long.
 func (d *Disk) releaseSlot() {
 	d.opMu.Lock()
-	var next *writeOp
-	if d.qLen > 0 {
-		next = d.waitQ[d.qHead]
+	d.inIO--
+	if d.handing {
+		d.noteQueueLocked()
+		d.opMu.Unlock()
+		return // the caller handing slots on takes this one too
+	}
+	d.handing = true
+	for d.qLen > 0 && d.inIO < d.ioMax {
+		next := d.waitQ[d.qHead]
 		d.waitQ[d.qHead] = nil
 		d.qHead = (d.qHead + 1) % len(d.waitQ)
 		d.qLen--
-		d.queuedN.Store(int32(d.qLen))
-		if d.qLen == 0 {
-			d.opDrained.Broadcast()
-		}
-	} else {
-		d.inIO--
-		d.inIOn.Store(int32(d.inIO))
-	}
-	d.opMu.Unlock()
-	if next != nil {
+		d.inIO++
+		d.noteQueueLocked()
+		d.opMu.Unlock()
 		next.slot = true
 		d.submitOp(next)
+		d.opMu.Lock()
+	}
+	d.handing = false
+	d.noteQueueLocked()
+	d.opMu.Unlock()
+}
+
+// noteQueueLocked publishes the queue's counts, and wakes drainQueue when
+// no write is queued or in the IO; called with opMu held.
+func (d *Disk) noteQueueLocked() {
+	d.writesWaiting.Store(int32(d.qLen))
+	d.writesInIO.Store(int32(d.inIO))
+	if d.qLen == 0 && d.inIO == 0 {
+		d.opDrained.Broadcast()
 	}
 }
 
-// drainQueue waits, once no more writes are queued, for the queued ones to
-// be handed to the IO (as those in it complete).
+// drainQueue takes no more writes and waits until those queued have gone
+// through the IO (the IO closes after it).
 func (d *Disk) drainQueue() {
 	d.opMu.Lock()
 	d.opsClosed = true
-	for d.qLen > 0 {
+	for d.qLen > 0 || d.inIO > 0 || d.handing {
 		d.opDrained.Wait()
 	}
 	d.opMu.Unlock()
@@ -155,7 +174,7 @@ func (d *Disk) submitOp(op *writeOp) {
 }
 
 // completeReq is every op's completion function: it runs on the IO's
-// goroutine, and blocks on nothing.
+// goroutine, and waits for nothing but short critical sections.
 func (d *Disk) completeReq(r *diskio.Request) { d.complete(&d.ops[r.Tag]) }
 
 func (d *Disk) complete(op *writeOp) {

@@ -42,14 +42,15 @@ func (d *Disk) signalPressure() {
 // (buffers come back when writes complete, and go to the waiters in FIFO
 // order).
 //
-// An idle disk: when the disk has few writes queued, it writes out the
-// fullest partial buffers (at least idleFlushMin bytes) early. Merge
-// buffers of ReducePartitions fill in lockstep (every producer pushes to
-// every partition in turn), so without this they all become full at about
-// the same moment: a burst of writes while pushes wait for memory, then a
-// disk with nothing to do while the buffers fill again. Writing early keeps
-// the disk busy the whole time, at the price of rewriting one tail block
-// per early write.
+// A disk with room for more writes: it writes out the fullest partial
+// buffers (at least a quarter full, idleFlushFraction) early. Merge buffers
+// of ReducePartitions fill in lockstep (every producer pushes to every
+// partition in turn), so without this they all become full at about the
+// same moment: a burst of writes while pushes wait for memory, then a disk
+// with nothing to do while the buffers fill again. Writers do this
+// themselves as their buffers pass the threshold (stream.noteFill); the
+// flusher takes the buffers of writers that went quiet. An early write ends
+// on a file system block and keeps the rest in memory (flushEarlyCur).
 func (d *Disk) flusher() {
 	defer d.bg.Done()
 	var scratch []*stream
@@ -87,7 +88,7 @@ func (d *Disk) flusher() {
 const idleFlushFraction = 4
 
 // writesQueued is how many writes are in the IO or waiting for it.
-func (d *Disk) writesQueued() int { return int(d.queuedN.Load() + d.inIOn.Load()) }
+func (d *Disk) writesQueued() int { return int(d.writesWaiting.Load() + d.writesInIO.Load()) }
 
 // ioRoom is how many more writes the disk could take now without any
 // waiting in its queue (0 when it is busy enough).

@@ -373,7 +373,7 @@ func (d *Disk) recoverReduce(k layout.ReduceKey, rs *layout.ReduceState, rel str
 	if err != nil {
 		return nil, nil, fmt.Errorf("engine: open %s: %w", rel, err)
 	}
-	sc, err := scanReduce(d.io, f, size, buf)
+	sc, err := scanReduce(d.io, f, size, buf, d.flushGranule(int64(max(f.Alignment().Offset, 1))))
 	if err == nil && (string(sc.hdr.Job) != k.Job || string(sc.hdr.Dataset) != k.Dataset || sc.hdr.ReduceIndex != k.Reduce) {
 		err = &layout.CorruptError{File: layout.KindReducePartition, Offset: 0,
 			What: fmt.Sprintf("%s holds the partition of job %q dataset %q reduce %d", rel, sc.hdr.Job, sc.hdr.Dataset, sc.hdr.ReduceIndex)}
@@ -478,7 +478,7 @@ func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel st
 	lost := commitMaps(rs.Commits)
 	rs.Commits, rs.DurableLength = nil, int64(len(hdr))
 	rp := newOpenReduce(d, k, rs.MapCount, rs.Codec, f, b, 0)
-	rp.s.resume(int64(len(hdr)), hdr[alignDown(int64(len(hdr)), int64(a)):])
+	rp.s.resume(int64(len(hdr)), hdr[alignDown(int64(len(hdr)), rp.s.gran):])
 	rp.lostMaps = lost
 	d.log.Info("engine: recreated an open ReducePartition whose header was not on disk", "file", rel, "lost_maps", len(lost))
 	return rp, lost, nil

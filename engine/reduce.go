@@ -67,6 +67,9 @@ type ReducePartition struct {
 	job, ds  []byte
 	mapCount uint32
 	codec    layout.Codec
+	// maxReserve is the stream's, kept for the partition's life (the
+	// stream goes at close).
+	maxReserve int
 
 	mu       sync.Mutex
 	cond     sync.Cond // committing reached zero
@@ -109,6 +112,7 @@ func newOpenReduce(d *Disk, k layout.ReduceKey, mapCount uint32, codec layout.Co
 	rp.attempts = newAttemptTable(mapCount)
 	// No spare buffers: a thousand partitions share the memory.
 	rp.s = newStream(d, f, d.cfg.WriteDepth, hint, 0)
+	rp.maxReserve = rp.s.maxReserve()
 	d.addStream(rp.s)
 	return rp
 }
@@ -243,7 +247,7 @@ func (rp *ReducePartition) checkOpenLocked() error {
 
 // MaxReserve is the largest segment (header and payload) ReserveSegment
 // takes; larger ones go through Push.
-func (rp *ReducePartition) MaxReserve() int { return rp.d.maxReserve() }
+func (rp *ReducePartition) MaxReserve() int { return rp.maxReserve }
 
 // Available is how many bytes the partition can take without waiting: the
 // network's credit for pushes to it.

@@ -446,6 +446,99 @@ func TestPlaceByMap(t *testing.T) {
 	}
 }
 
+// recordedWrite is a data write a test saw go to a ReducePartition file.
+type recordedWrite struct{ off, end int64 }
+
+// recordReduceWrites wraps cfg's IOs so that every write to a ReducePartition
+// file is recorded (and nothing disturbed); take returns them and starts
+// over.
+func recordReduceWrites(cfg *Config) (take func() []recordedWrite) {
+	var mu sync.Mutex
+	var writes []recordedWrite
+	cfg.WrapIO = func(_ string, inner diskio.IO) diskio.IO {
+		f := diskio.NewFaulty(inner)
+		f.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Match: func(_ diskio.Op, _ string, off int64, n int) bool {
+			mu.Lock()
+			writes = append(writes, recordedWrite{off, off + int64(n)})
+			mu.Unlock()
+			return false
+		}})
+		return f
+	}
+	return func() []recordedWrite {
+		mu.Lock()
+		defer mu.Unlock()
+		w := writes
+		writes = nil
+		return w
+	}
+}
+
+// checkWritesEndOnBlocks fails unless every write but the one that ends
+// furthest ends on a block, and at least five of them came before it.
+func checkWritesEndOnBlocks(t *testing.T, writes []recordedWrite, block int64) {
+	t.Helper()
+	last := int64(0)
+	for _, w := range writes {
+		last = max(last, w.end)
+	}
+	early := 0
+	for _, w := range writes {
+		if w.end == last {
+			continue // the final write, padded to the alignment
+		}
+		early++
+		if w.end%block != 0 {
+			t.Errorf("write [%d, %d) ends inside a %d-byte block", w.off, w.end, block)
+		}
+	}
+	if early < 5 {
+		t.Fatalf("%d writes before the last: the test wrote nothing early (writes %v)", early, writes)
+	}
+}
+
+// pushOddSegments pushes segs segments of odd sizes for map m, attempt 0,
+// and commits them.
+func pushOddSegments(t *testing.T, rp *ReducePartition, m uint32, segs int) {
+	t.Helper()
+	ctx := context.Background()
+	for seq := uint32(0); seq < uint32(segs); seq++ {
+		if _, err := pushReserve(ctx, rp, segmentBytes(m, 0, seq, payload(777+int(seq)%301, m, seq))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rp.Commit(ctx, m, 0, uint32(segs)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkOddSegments reads the finalized partition back: maps 0..maps-1,
+// segs segments each, as pushOddSegments wrote them.
+func checkOddSegments(t *testing.T, s *Store, dir string, maps, segs int) {
+	t.Helper()
+	verifyReduceFile(t, filepath.Join(dir, layout.ReducePartitionPath([]byte("j"), []byte("d"), 0)))
+	got := readReduce(t, s, "j", "d", 0, 1<<20)
+	if len(got) != maps*segs {
+		t.Fatalf("read %d segments of %d", len(got), maps*segs)
+	}
+	for k, b := range got {
+		if !bytes.Equal(b[layout.SegmentHeaderSize:], payload(777+int(k[2])%301, k[0], k[2])) {
+			t.Fatalf("segment %v differs", k)
+		}
+	}
+}
+
+// earlyWriteBlock returns the block early writes end on, skipping the test
+// where it is the DIO alignment (every write ends on one anyway).
+func earlyWriteBlock(t *testing.T, d *Disk) int64 {
+	align := int64(max(d.align.Offset, 1))
+	block := d.flushGranule(align)
+	if block == align {
+		t.Skipf("the file system's block (%d) is the DIO alignment: every write ends on one anyway", d.fsBlock)
+	}
+	return block
+}
+
 // TestEarlyWritesEndOnBlocks: a ReducePartition's merge buffer written out
 // early (a disk with room for more writes, memory pressure) is written up
 // to its last file system block, the rest kept in memory: every write of
@@ -455,79 +548,70 @@ func TestPlaceByMap(t *testing.T) {
 func TestEarlyWritesEndOnBlocks(t *testing.T) {
 	forBackends(t, func(t *testing.T, backend string) {
 		dir := t.TempDir()
-		type write struct{ off, end int64 }
-		var mu sync.Mutex
-		var writes []write
 		cfg := testConfig(backend, dir)
-		cfg.WrapIO = func(_ string, inner diskio.IO) diskio.IO {
-			f := diskio.NewFaulty(inner)
-			// A rule that disturbs nothing and records every data write.
-			f.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Match: func(_ diskio.Op, _ string, off int64, n int) bool {
-				mu.Lock()
-				writes = append(writes, write{off, off + int64(n)})
-				mu.Unlock()
-				return false
-			}})
-			return f
-		}
+		take := recordReduceWrites(&cfg)
 		s := openTestStore(t, cfg)
-		d := s.Disks()[0]
-		align := int64(max(d.align.Offset, 1))
-		block := d.flushGranule(align)
-		if block == align {
-			t.Skipf("the file system's block (%d) is the DIO alignment: every write ends on one anyway", d.fsBlock)
-		}
+		block := earlyWriteBlock(t, s.Disks()[0])
 		ctx := context.Background()
 		rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "j", Dataset: "d", Reduce: 0, MapCount: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Segments of odd sizes; the disk is idle, so the writer writes the
-		// buffer out each time it passes a quarter of it.
-		const segs = 300
-		for seq := uint32(0); seq < segs; seq++ {
-			if _, err := pushReserve(ctx, rp, segmentBytes(0, 0, seq, payload(777+int(seq)%301, 0, seq))); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := rp.Commit(ctx, 0, 0, segs); err != nil {
+		// The disk is idle: the writer writes its buffer out each time it
+		// passes a quarter of it.
+		pushOddSegments(t, rp, 0, 300)
+		if _, err := s.FinalizeReduce(ctx, "j", "d", 0); err != nil {
 			t.Fatal(err)
 		}
-		res, err := s.FinalizeReduce(ctx, "j", "d", 0)
+		checkWritesEndOnBlocks(t, take(), block)
+		if st := s.Disks()[0].Stats(); st.IdleFlush == 0 {
+			t.Fatalf("no early writes counted (%+v)", st)
+		}
+		checkOddSegments(t, s, dir, 1, 300)
+	})
+}
+
+// TestEarlyWritesEndOnBlocksAfterRecovery: a partition left open at Close
+// (its last write padded, ending inside a block) resumes after recovery
+// from the start of that block, so that its writes end on blocks again.
+func TestEarlyWritesEndOnBlocksAfterRecovery(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		cfg := testConfig(backend, dir)
+		take := recordReduceWrites(&cfg)
+		ctx := context.Background()
+		spec := ReduceSpec{Job: "j", Dataset: "d", Reduce: 0, MapCount: 2}
+		s1, err := Open(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		early := 0
-		last := int64(0)
-		for _, w := range writes {
-			last = max(last, w.end)
+		block := earlyWriteBlock(t, s1.Disks()[0])
+		rp, err := s1.OpenReduce(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, w := range writes {
-			if w.end == last {
-				continue // the final write, padded to the alignment
-			}
-			early++
-			if w.end%block != 0 {
-				t.Errorf("write [%d, %d) ends inside a %d-byte block", w.off, w.end, block)
-			}
+		pushOddSegments(t, rp, 0, 150)
+		if err := s1.Close(); err != nil {
+			t.Fatal(err)
 		}
-		if early < 5 {
-			t.Fatalf("%d writes before the last: the test wrote nothing early (writes %v)", early, writes)
+		before := take()
+		if last := before[len(before)-1]; last.end%block == 0 {
+			t.Fatalf("the write at Close [%d, %d) ends on a block: the test resumes nothing partial", last.off, last.end)
 		}
-		if st := d.Stats(); st.IdleFlush == 0 {
-			t.Fatalf("no early writes counted (%+v)", st)
+		s2 := openTestStore(t, cfg)
+		rp, err = s2.OpenReduce(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
 		}
-		verifyReduceFile(t, filepath.Join(dir, layout.ReducePartitionPath([]byte("j"), []byte("d"), 0)))
-		got := readReduce(t, s, "j", "d", 0, 1<<20)
-		if len(got) != segs {
-			t.Fatalf("read %d segments of %d (length %d)", len(got), segs, res.Length)
+		pushOddSegments(t, rp, 1, 150)
+		if _, err := s2.FinalizeReduce(ctx, "j", "d", 0); err != nil {
+			t.Fatal(err)
 		}
-		for k, b := range got {
-			if !bytes.Equal(b[layout.SegmentHeaderSize:], payload(777+int(k[2])%301, 0, k[2])) {
-				t.Fatalf("segment %v differs", k)
-			}
+		after := take()
+		if first := after[0]; first.off%block != 0 {
+			t.Fatalf("the first write after recovery [%d, %d) starts inside a block", first.off, first.end)
 		}
+		checkWritesEndOnBlocks(t, after, block)
+		checkOddSegments(t, s2, dir, 2, 150)
 	})
 }

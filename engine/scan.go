@@ -22,12 +22,14 @@ type reduceScan struct {
 	segmentBytes uint64
 	attempts     map[uint64]attemptState
 	stop         error  // why the prefix ends before the file does, nil otherwise
-	tail         []byte // the file's bytes [alignDown(valid), valid)
+	tail         []byte // the file's bytes [alignDown(valid, block), valid)
 }
 
 // scanReduce reads the file f of length size sequentially through io into
-// buf (aligned, a multiple of the alignment long) and scans it.
-func scanReduce(dio diskio.IO, f *diskio.File, size int64, buf []byte) (*reduceScan, error) {
+// buf (aligned, a multiple of the alignment long, at least block long) and
+// scans it. block is where the resumed writer starts: a multiple of the
+// alignment (the stream's granule, see flushGranule).
+func scanReduce(dio diskio.IO, f *diskio.File, size int64, buf []byte, block int64) (*reduceScan, error) {
 	sc := &reduceScan{attempts: make(map[uint64]attemptState)}
 	p := reduceParser{sc: sc}
 	var off int64
@@ -57,10 +59,9 @@ func scanReduce(dio diskio.IO, f *diskio.File, size int64, buf []byte) (*reduceS
 			What: "the file ends inside a segment"}
 	}
 	// The last partial block, which the resumed writer rewrites.
-	a := int64(max(f.Alignment().Offset, 1))
-	start := alignDown(sc.valid, a)
+	start := alignDown(sc.valid, block)
 	if k := sc.valid - start; k > 0 {
-		r := &diskio.Request{Op: diskio.OpRead, File: f, Buf: buf[:a], Off: start}
+		r := &diskio.Request{Op: diskio.OpRead, File: f, Buf: buf[:block], Off: start}
 		if err := diskio.Do(dio, r); err != nil {
 			return nil, err
 		}

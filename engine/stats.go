@@ -185,7 +185,7 @@ func (d *Disk) Stats() DiskStats {
 		Fdatasync: c.syncs.snapshot(), CommitLatency: c.commitLatency.snapshot(),
 		Commits: c.commits.Load(), CommitBatches: c.commitBatches.Load(), DirSyncs: c.dirSyncs.Load(),
 		BatchSizeBounds: sizeBounds, BatchSizes: make([]uint64, len(sizeBounds)+1),
-		WritesInFlight: len(d.ops) - len(d.freeOps), WritesQueued: int(d.queuedN.Load()), WritesInIO: int(d.inIOn.Load()), PendingBytes: d.pending.Load(),
+		WritesInFlight: len(d.ops) - len(d.freeOps), WritesQueued: int(d.writesWaiting.Load()), WritesInIO: int(d.writesInIO.Load()), PendingBytes: d.pending.Load(),
 		BufferWaits: c.bufferWaits.Load(), PressureFlush: c.pressureFlushes.Load(), IdleFlush: c.idleFlushes.Load(), Preallocations: c.preallocations.Load(), ExtendingWrites: c.extendingWrites.Load(),
 		ShortWrites: c.shortWrites.Load(), FaultsFull: c.faultsFull.Load(), FaultsFailed: c.faultsFailed.Load(),
 		Hangs: c.hangs.Load(), Probes: c.probes.Load(), ProbeFailures: c.probeFailures.Load(),

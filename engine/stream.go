@@ -134,12 +134,6 @@ func (d *Disk) flushGranule(a int64) int64 {
 	return a
 }
 
-// maxReserve is the largest reservation of the disk's streams (the
-// writers' MaxReserve).
-func (d *Disk) maxReserve() int {
-	return d.bufBytes - int(d.flushGranule(int64(max(d.align.Offset, 1))))
-}
-
 // resume positions a fresh stream at the end of an existing file of length
 // n whose last partial block is tail.
 func (s *stream) resume(n int64, tail []byte) {
@@ -427,9 +421,10 @@ func (s *stream) reserve(ctx context.Context, n int) ([][]byte, error) {
 		s.resv = n
 		return s.parts[:2], nil
 	}
-	// Do not hold a partial buffer while waiting: write it out, then start
-	// a fresh buffer with its tail block, which then has room for n.
-	if err := s.flushCur(); err != nil {
+	// Do not hold a partial buffer while waiting: write it out up to its
+	// last block, then start a fresh buffer with the rest, which then has
+	// room for n (n <= maxReserve).
+	if err := s.flushEarlyCur(); err != nil {
 		return nil, err
 	}
 	if err := s.ensureCur(ctx); err != nil {

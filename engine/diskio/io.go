@@ -70,7 +70,7 @@ func (o Op) String() string {
 const MaxRequestBytes = 1 << 30
 
 // Request is one asynchronous IO. The caller owns it: it may reuse it once
-// it came back on Done. Nothing in a request allocates; callers keep pools of
+// it came back on Done, or once its Complete function ran. Nothing in a request allocates; callers keep pools of
 // them.
 type Request struct {
 	Op   Op
@@ -191,7 +191,8 @@ type IO interface {
 	// the IO is direct and O_CLOEXEC always.
 	OpenFile(path string, flag int, perm os.FileMode) (*File, error)
 	// Submit validates every request, then queues them all; it blocks while
-	// the IO's queue is full and never drops a request. It fails, queueing
+	// the IO's queue is full (except while the IO runs completions: see
+	// Request.Complete) and never drops a request. It fails, queueing
 	// nothing, when a request is malformed, unaligned or on a closed File.
 	// On hot paths pass a slice the caller keeps (Submit(batch...)): a call
 	// with literal arguments, Submit(r), allocates its argument slice.

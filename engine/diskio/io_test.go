@@ -689,3 +689,64 @@ func TestUnknownBackend(t *testing.T) {
 		t.Fatal("unknown backend accepted")
 	}
 }
+
+// TestPoolCloseWhileACompletionSubmits: Close waits for the sends under
+// way; a Complete function that Submits meanwhile (its worker's request
+// finished while a send waited for room) must neither wait behind Close nor
+// keep the waiting send from ending.
+func TestPoolCloseWhileACompletionSubmits(t *testing.T) {
+	p := newPool(1, false)
+	f := createFile(t, p, "close.data")
+	pool := newMemPool(t, 1, 4096)
+	buf := pool.TryGet()
+	defer buf.Release()
+	done := make(chan *Request, 16)
+	mk := func() *Request { return &Request{Op: OpWrite, File: f, Buf: buf.Bytes(), Done: done} }
+	gate := make(chan struct{})
+	inComplete := make(chan struct{})
+	var again *Request
+	a := mk()
+	a.Done = nil
+	a.Complete = func(r *Request) {
+		close(inComplete)
+		<-gate // the worker is slow in its completion
+		again = mk()
+		if err := p.Submit(again); err != nil {
+			t.Error(err)
+		}
+		done <- r
+	}
+	if err := p.Submit(a); err != nil {
+		t.Fatal(err)
+	}
+	<-inComplete
+	if err := p.Submit(mk()); err != nil { // fills the queue (room for 1)
+		t.Fatal(err)
+	}
+	go p.Submit(mk()) // the queue is full while a completion runs: sent by a goroutine
+	time.Sleep(20 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	time.Sleep(20 * time.Millisecond) // Close waits for the send under way
+	close(gate)
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close and a completion that Submits wait for each other")
+	}
+	// Every request came back: a, the two queued, and the one the
+	// completion submitted (written, or refused after Close).
+	for range 4 {
+		select {
+		case r := <-done:
+			if r.Err != nil && !errors.Is(r.Err, ErrClosed) {
+				t.Fatal(r.Err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a request never completed")
+		}
+	}
+}

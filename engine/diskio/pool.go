@@ -17,24 +17,28 @@ type poolIO struct {
 	depth  int
 	queue  chan *Request
 
-	// mu orders Submit against Close: Submit sends with the read lock held,
-	// so Close (write lock) can close the queue only when no send is under
-	// way.
-	mu      sync.RWMutex
+	// mu orders Submit against Close without being held while a send
+	// waits for room (a worker's Complete function may Submit, and must
+	// not queue behind a Close that waits for that very send): Submit
+	// counts its send in sending, and Close, once closed is set, waits for
+	// the sends under way before it closes the queue.
+	mu      sync.Mutex
+	sent    sync.Cond // sending dropped to 0
 	closed  bool
+	sending int
 	workers sync.WaitGroup
 	// completing counts workers running a completion. A Complete function
 	// may Submit, and must not wait for a full queue that only the workers
 	// drain (all of them may be completing): while one runs, a request
-	// that finds the queue full is handed to a goroutine of its own.
+	// that finds the queue full is sent by a goroutine of its own.
 	completing atomic.Int32
-	late       sync.WaitGroup
 }
 
 var _ IO = (*poolIO)(nil)
 
 func newPool(depth int, direct bool) *poolIO {
 	p := &poolIO{direct: direct, depth: depth, queue: make(chan *Request, depth)}
+	p.sent.L = &p.mu
 	p.workers.Add(depth)
 	for range depth {
 		go p.work()
@@ -114,44 +118,50 @@ func (p *poolIO) Submit(reqs ...*Request) error {
 			return err
 		}
 	}
-	var rejected []*Request
-	p.mu.RLock()
 	for i, r := range reqs {
-		if p.closed {
-			rejected = reqs[i:]
+		if !p.send(r) {
+			for _, r := range reqs[i:] {
+				r.finish(0, ErrClosed)
+			}
 			break
 		}
-		select {
-		case p.queue <- r:
-		default:
-			if p.completing.Load() > 0 {
-				p.late.Add(1)
-				go p.queueLate(r)
-			} else {
-				p.queue <- r
-			}
-		}
-	}
-	p.mu.RUnlock()
-	// Outside the lock: a Complete function may Submit again.
-	for _, r := range rejected {
-		r.finish(0, ErrClosed)
 	}
 	return nil
 }
 
-// queueLate queues r once the queue has room, or fails it when the IO
-// closed meanwhile.
-func (p *poolIO) queueLate(r *Request) {
-	defer p.late.Done()
-	p.mu.RLock()
+// send queues r for the workers, waiting for room unless a completion is
+// running (then a goroutine waits instead); false if the IO is closed.
+func (p *poolIO) send(r *Request) bool {
+	p.mu.Lock()
 	if p.closed {
-		p.mu.RUnlock()
-		r.finish(0, ErrClosed)
-		return
+		p.mu.Unlock()
+		return false
 	}
-	p.queue <- r
-	p.mu.RUnlock()
+	p.sending++
+	p.mu.Unlock()
+	select {
+	case p.queue <- r:
+	default:
+		if p.completing.Load() > 0 {
+			go func() {
+				p.queue <- r
+				p.sendDone()
+			}()
+			return true
+		}
+		p.queue <- r
+	}
+	p.sendDone()
+	return true
+}
+
+func (p *poolIO) sendDone() {
+	p.mu.Lock()
+	p.sending--
+	if p.sending == 0 {
+		p.sent.Broadcast()
+	}
+	p.mu.Unlock()
 }
 
 func (p *poolIO) RegisterMemory([]byte, int) (bool, error) { return false, nil }
@@ -167,9 +177,12 @@ func (p *poolIO) Close() error {
 		return nil
 	}
 	p.closed = true
+	// The workers still take from the queue: the sends under way end.
+	for p.sending > 0 {
+		p.sent.Wait()
+	}
 	close(p.queue)
 	p.mu.Unlock()
 	p.workers.Wait()
-	p.late.Wait() // those still waiting found the IO closed
 	return nil
 }

@@ -10,8 +10,8 @@ var engineProcsOnce sync.Once
 
 // engineProcs gives a process that runs storage engines one P more than Go
 // gives it by default (the CPUs it may use), unless GOMAXPROCS is set in the
-// environment. The goroutines that feed a disk (its io_uring owner, the
-// completion reaper, the submitter) wait in the Go scheduler's run queues
+// environment. The goroutines that feed a disk (its io_uring owner, which
+// also completes the writes and submits the queued ones) wait in the Go scheduler's run queues
 // behind whatever else is runnable there, each of which may run for a 10 ms
 // slice: with producers busy on every P, the disk's queue ran short while
 // they waited. With a P more than CPUs the kernel's scheduler interleaves
