@@ -518,17 +518,22 @@ func (d *Disk) writeWhole(rel string, b []byte) error {
 	if err != nil {
 		return err
 	}
+	return errors.Join(d.writeFileWhole(f, b), f.Close())
+}
+
+// writeFileWhole makes b the whole content of the open file f through the
+// IO: written padded, truncated to its length, synced.
+func (d *Disk) writeFileWhole(f *diskio.File, b []byte) error {
 	a := int64(max(f.Alignment().Offset, f.Alignment().Memory, 1))
 	buf := alignedBytes(int(roundUp(int64(len(b)), a)), int(a))
 	copy(buf, b)
-	err = diskio.Do(d.io, &diskio.Request{Op: diskio.OpWrite, File: f, Buf: buf, Off: 0})
-	if err == nil {
-		err = f.Truncate(int64(len(b)))
+	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpWrite, File: f, Buf: buf, Off: 0}); err != nil {
+		return err
 	}
-	if err == nil {
-		err = diskio.Do(d.io, &diskio.Request{Op: diskio.OpSync, File: f})
+	if err := f.Truncate(int64(len(b))); err != nil {
+		return err
 	}
-	return errors.Join(err, f.Close())
+	return diskio.Do(d.io, &diskio.Request{Op: diskio.OpSync, File: f})
 }
 
 // alignedBytes returns n zeroed bytes whose address is a multiple of align,

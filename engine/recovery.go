@@ -463,16 +463,7 @@ func (d *Disk) recreateReduce(k layout.ReduceKey, rs *layout.ReduceState, rel st
 	if err != nil {
 		return fail(err)
 	}
-	a := max(f.Alignment().Offset, 1)
-	blk := alignedBytes(int(roundUp(int64(len(hdr)), int64(a))), max(f.Alignment().Memory, a))
-	copy(blk, hdr)
-	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpWrite, File: f, Buf: blk}); err != nil {
-		return fail(err)
-	}
-	if err := f.Truncate(int64(len(hdr))); err != nil {
-		return fail(err)
-	}
-	if err := diskio.Do(d.io, &diskio.Request{Op: diskio.OpSync, File: f}); err != nil {
+	if err := d.writeFileWhole(f, hdr); err != nil {
 		return fail(err)
 	}
 	lost := commitMaps(rs.Commits)

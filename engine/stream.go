@@ -102,15 +102,16 @@ func newStream(d *Disk, f *diskio.File, depth int, hint int64, spares int) *stre
 		al = f.Alignment()
 	}
 	a := int64(max(al.Offset, 1))
+	gran := d.flushGranule(a)
 	s := &stream{
 		d:        d,
 		f:        f,
 		align:    a,
-		gran:     d.flushGranule(a),
+		gran:     gran,
 		bufBytes: d.bufBytes,
 		depth:    int32(depth),
 		maxSpare: spares,
-		tail:     make([]byte, d.flushGranule(a)),
+		tail:     make([]byte, gran),
 		wake:     make(chan struct{}, 1),
 		hint:     hint,
 	}
