@@ -53,6 +53,40 @@ func deviceOf(dir, sysRoot string) (device, error) {
 	return d, nil
 }
 
+// spreadSubdirs marks dir so that the file system places each new
+// subdirectory of it in a block group of its own choosing, spread over the
+// device, instead of next to dir: ext4's top-of-hierarchy flag (chattr +T),
+// with which the Orlov allocator starts from a hash of the new directory's
+// name. The engine sets it on data/, so each job gets a group of its own.
+//
+// A file's inode is allocated in its directory's group. Without the flag
+// every job lands in data/'s group, and a new job's creations scan past the
+// inodes the jobs before it freed: ext4 without a journal passes over every
+// inode freed in the last 60 s (360 s while its table block is dirty), one
+// at a time, for each new file (recently_deleted in find_inode_bit). After
+// a few thousand deletions that is 0.4–0.9 ms of CPU per file instead of
+// 20–40 µs, a second for the thousand files a stage opens at once. File
+// systems without the flag refuse it (ENOTTY, EOPNOTSUPP), and place
+// directories their own way.
+func spreadSubdirs(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("engine: open %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err == nil && flags&fsTopdirFlag == 0 {
+		err = unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsTopdirFlag))
+	}
+	if err != nil {
+		return fmt.Errorf("engine: %s: set the top-of-hierarchy flag: %w", dir, err)
+	}
+	return nil
+}
+
+// fsTopdirFlag is FS_TOPDIR_FL of linux/fs.h.
+const fsTopdirFlag = 0x00020000
+
 // space is a file system's capacity and free space, from statfs(2).
 type space struct {
 	Capacity int64

@@ -432,12 +432,23 @@ func (d *Disk) ensureDirLocked(rel string) error {
 			parent = ""
 		}
 		d.dirty[parent] = true
+		if rel == layout.DataDir {
+			d.spreadJobs()
+		}
 	case errors.Is(err, os.ErrExist):
 	default:
 		return fmt.Errorf("engine: %w", err)
 	}
 	d.dirs[rel] = true
 	return nil
+}
+
+// spreadJobs spreads the disk's job directories over the device (see
+// spreadSubdirs); a file system that cannot is logged, not an error.
+func (d *Disk) spreadJobs() {
+	if err := spreadSubdirs(d.abs(layout.DataDir)); err != nil {
+		d.log.Debug("engine: job directories are placed by the file system's default", "err", err)
+	}
 }
 
 // takeDirty returns the directories to fsync before the next records.

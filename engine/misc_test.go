@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-shuffle/sluice/engine/diskio"
 	"github.com/sluice-shuffle/sluice/layout"
+	"golang.org/x/sys/unix"
 )
 
 func TestDefaultPlacement(t *testing.T) {
@@ -314,4 +316,61 @@ func TestStats(t *testing.T) {
 	if s.Stats().Disks[0].BytesRead == 0 {
 		t.Fatal("no bytes read counted")
 	}
+}
+
+// TestDataDirSpreadsJobs checks that data/ carries the top-of-hierarchy
+// flag once it exists, and gets it back at recovery when it was cleared.
+func TestDataDirSpreadsJobs(t *testing.T) {
+	dir := t.TempDir()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Type != unix.EXT4_SUPER_MAGIC {
+		t.Skipf("%s is not on ext2/3/4 (statfs type %#x): the flag is ext4's", dir, fs.Type)
+	}
+	data := filepath.Join(dir, layout.DataDir)
+	flags := func() uint32 {
+		t.Helper()
+		fd, err := unix.Open(data, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		v, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	cfg := testConfig(diskio.BackendPool, dir)
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeMap(t, s, "j", "d", 0, 0)
+	if f := flags(); f&fsTopdirFlag == 0 {
+		t.Fatalf("data/ flags %#x: no FS_TOPDIR_FL", f)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	fd, err := unix.Open(data, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags()&^fsTopdirFlag))
+	unix.Close(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := flags(); f&fsTopdirFlag != 0 {
+		t.Fatalf("data/ flags %#x: FS_TOPDIR_FL not cleared", f)
+	}
+	s = openTestStore(t, cfg)
+	if f := flags(); f&fsTopdirFlag == 0 {
+		t.Fatalf("data/ flags %#x after recovery: no FS_TOPDIR_FL", f)
+	}
+	checkMapReadable(t, s, "j", "d", 0, 0)
 }

@@ -207,6 +207,7 @@ func (d *Disk) walk(cat *layout.Catalog, seenMaps map[layout.MapKey]bool, seenRe
 		return fmt.Errorf("engine: %w", err)
 	}
 	d.dirs[layout.DataDir] = true
+	d.spreadJobs() // a disk written before the flag was set
 	var scanBuf []byte
 	for _, je := range jobs {
 		job, err := layout.DecodeID(je.Name())
