@@ -487,7 +487,7 @@ func (d *Disk) createFile(rel string, ds datasetKey) (*diskio.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := d.io.OpenFile(d.abs(rel), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := diskio.CreateFile(d.io, d.abs(rel), 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: create %s: %w", rel, err)
 	}

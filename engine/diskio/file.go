@@ -165,6 +165,36 @@ func logicalBlockSize(major, minor uint32) int {
 	return 0
 }
 
+// CreateFile creates path, which must not exist (EEXIST, as with O_EXCL),
+// and opens it through io for reading and writing. The inode is made with
+// O_TMPFILE in path's directory and then linked under its name: open with
+// O_CREAT holds the directory's lock for the whole creation, so creations
+// in one directory run one at a time, while here the costly part,
+// allocating the inode, runs outside it and creations proceed at once. A
+// file system without O_TMPFILE, or a system without /proc, gets
+// O_CREAT|O_EXCL.
+func CreateFile(io IO, path string, perm os.FileMode) (*File, error) {
+	if _, err := os.Stat(procFD); err == nil {
+		f, err := io.OpenFile(filepath.Dir(path), unix.O_TMPFILE|unix.O_RDWR, perm)
+		switch {
+		case err == nil:
+			if err := unix.Linkat(unix.AT_FDCWD, procFD+strconv.Itoa(f.fd), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW); err != nil {
+				f.Close() // never linked: the inode goes with it
+				return nil, &os.LinkError{Op: "link", Old: f.path, New: path, Err: err}
+			}
+			f.path = path
+			return f, nil
+		case !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR):
+			return nil, err
+		}
+	}
+	return io.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+}
+
+// procFD names an open file by its descriptor, for linkat(2) (a test points
+// it elsewhere to take the other way).
+var procFD = "/proc/self/fd/"
+
 // SyncDir fsyncs a directory, making the creation, renaming or removal of
 // its entries durable (fsync(2): syncing a file does not sync its directory
 // entry).

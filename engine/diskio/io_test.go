@@ -57,6 +57,7 @@ var conformance = []struct {
 	run  func(t *testing.T, b backend)
 }{
 	{"WriteReadBack", testWriteReadBack},
+	{"CreateFile", testCreateFile},
 	{"CompleteSubmits", testCompleteSubmits},
 	{"FixedBuffers", testFixedBuffers},
 	{"Fdatasync", testFdatasync},
@@ -141,6 +142,70 @@ func testWriteReadBack(t *testing.T, b backend) {
 		w.Release()
 		r.Release()
 	}
+}
+
+// testCreateFile creates files both ways (O_TMPFILE and a link, and
+// O_CREAT when /proc is missing): each is named, holds what was written
+// through it, and creating it again is EEXIST, leaving nothing behind.
+func testCreateFile(t *testing.T, b backend) {
+	io := b.open(t, 8)
+	pool := newMemPool(t, 1, 64<<10)
+	w := pool.TryGet()
+	defer w.Release()
+	for _, tc := range []struct{ name, procFD string }{
+		{"tmpfile", procFD},
+		{"no /proc", filepath.Join(t.TempDir(), "no-proc") + "/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func(old string) { procFD = old }(procFD)
+			procFD = tc.procFD
+			dir := t.TempDir()
+			path := filepath.Join(dir, "new.data")
+			f, err := CreateFile(io, path, 0o640)
+			if err != nil {
+				t.Fatalf("CreateFile: %v", err)
+			}
+			if f.Name() != path || f.Direct() != b.direct {
+				t.Fatalf("file %q direct %t, want %q direct %t", f.Name(), f.Direct(), path, b.direct)
+			}
+			fill(w.Bytes(), 7)
+			mustDo(t, io, &Request{Op: OpWrite, File: f, Buf: w.Bytes(), Off: 4096})
+			mustDo(t, io, &Request{Op: OpSync, File: f})
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 4096+len(w.Bytes()) || !bytes.Equal(got[4096:], w.Bytes()) || !bytes.Equal(got[:4096], make([]byte, 4096)) {
+				t.Fatalf("the file holds %d bytes, not the write", len(got))
+			}
+			if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o640 {
+				t.Fatalf("stat: %v, mode %v", err, st.Mode())
+			}
+			if _, err := CreateFile(io, path, 0o640); !errors.Is(err, os.ErrExist) {
+				t.Fatalf("CreateFile of an existing file: %v, want EEXIST", err)
+			}
+			if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
+				t.Fatalf("the directory holds %d entries (%v), want the one file", len(ents), err)
+			}
+		})
+	}
+	t.Run("link fails", func(t *testing.T) {
+		// A /proc without the descriptor: the O_TMPFILE way is taken, and
+		// its failure is the caller's, with nothing left behind.
+		defer func(old string) { procFD = old }(procFD)
+		procFD = t.TempDir() + "/"
+		dir := t.TempDir()
+		var le *os.LinkError
+		if _, err := CreateFile(io, filepath.Join(dir, "new.data"), 0o640); !errors.As(err, &le) {
+			t.Fatalf("CreateFile: %v, want the link's error", err)
+		}
+		if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+			t.Fatalf("the directory holds %d entries (%v), want none", len(ents), err)
+		}
+	})
 }
 
 func testFixedBuffers(t *testing.T, b backend) {
