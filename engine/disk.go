@@ -81,6 +81,7 @@ type Disk struct {
 	released map[datasetKey]bool // deleting: no new partitions until done
 	dirs     map[string]bool     // directories known to exist (relative)
 	dirty    map[string]bool     // directories with entries not yet fsynced (relative)
+	inodes   *inodeDir           // where new files get their inodes (inodes.go)
 	intern   map[string]string
 
 	clog        *commitLog
@@ -480,14 +481,25 @@ func (d *Disk) createFile(rel string, ds datasetKey) (*diskio.File, error) {
 	if !d.releasing(ds.job, ds.dataset) {
 		err = d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
 	}
+	var p *inodeDir
 	if err == nil {
 		d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
+		p = d.inodeDirLocked()
 	}
 	d.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	f, err := diskio.CreateFile(d.io, d.abs(rel), 0o644)
+	near := ""
+	if p != nil {
+		near = d.abs(p.rel)
+	}
+	f, err := diskio.CreateFile(d.io, d.abs(rel), near, 0o644)
+	if p != nil {
+		d.mu.Lock()
+		d.leaveInodeDirLocked(p)
+		d.mu.Unlock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("engine: create %s: %w", rel, err)
 	}

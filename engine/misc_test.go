@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -373,4 +375,64 @@ func TestDataDirSpreadsJobs(t *testing.T) {
 		t.Fatalf("data/ flags %#x after recovery: no FS_TOPDIR_FL", f)
 	}
 	checkMapReadable(t, s, "j", "d", 0, 0)
+}
+
+// TestInodeDirs checks that new files are made through inode directories
+// that move on every inodeDirFiles files, leave no directory behind once
+// unused or closed, and that recovery removes those a crash left.
+func TestInodeDirs(t *testing.T) {
+	defer func(n int) { inodeDirFiles = n }(inodeDirFiles)
+	inodeDirFiles = 3
+	dir := t.TempDir()
+	inodeDirs := func() []string {
+		t.Helper()
+		ents, err := os.ReadDir(filepath.Join(dir, layout.DataDir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), layout.InodeDirPrefix) {
+				names = append(names, e.Name())
+			}
+		}
+		return names
+	}
+	cfg := testConfig(diskio.BackendPool, dir)
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for m := range uint32(7) {
+		writeMap(t, s, "j", "d", m, 0)
+		names := inodeDirs()
+		if len(names) != 1 {
+			t.Fatalf("after %d files: inode directories %q, want one", m+1, names)
+		}
+		if !slices.Contains(seen, names[0]) {
+			seen = append(seen, names[0])
+		}
+	}
+	if len(seen) != 3 { // files 1-3, 4-6, 7
+		t.Fatalf("7 files went through inode directories %q, want 3", seen)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if names := inodeDirs(); len(names) != 0 {
+		t.Fatalf("after Close: inode directories %q, want none", names)
+	}
+
+	left := filepath.Join(dir, layout.DataDir, layout.InodeDirPrefix+"0123456789abcdef")
+	if err := os.Mkdir(left, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s = openTestStore(t, cfg)
+	if names := inodeDirs(); len(names) != 0 {
+		t.Fatalf("after recovery: inode directories %q, want none", names)
+	}
+	for m := range uint32(7) {
+		checkMapReadable(t, s, "j", "d", m, 0)
+	}
 }

@@ -210,6 +210,13 @@ func (d *Disk) walk(cat *layout.Catalog, seenMaps map[layout.MapKey]bool, seenRe
 	d.spreadJobs() // a disk written before the flag was set
 	var scanBuf []byte
 	for _, je := range jobs {
+		if strings.HasPrefix(je.Name(), layout.InodeDirPrefix) && je.IsDir() {
+			// Empty (inodes.go) unless someone else put files there.
+			if err := os.Remove(d.abs(layout.DataDir + "/" + je.Name())); err != nil {
+				d.log.Warn("engine: removing an inode directory", "dir", je.Name(), "err", err)
+			}
+			continue
+		}
 		job, err := layout.DecodeID(je.Name())
 		if err != nil || !je.IsDir() {
 			continue // not ours: left alone, as fsck reports it

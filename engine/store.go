@@ -740,6 +740,9 @@ func (d *Disk) close() error {
 	if d.creator != nil {
 		d.creator.stop() // after the partitions' last writes, which may wait for their files
 	}
+	d.mu.Lock()
+	d.retireInodeDirLocked()
+	d.mu.Unlock()
 	var errs []error
 	if d.clog != nil {
 		if d.clogRunning {

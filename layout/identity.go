@@ -61,6 +61,7 @@ func checkIDs(job, dataset []byte) error {
 //	COMMITLOG                                  commit log
 //	data/<job>/<dataset>/map-<map>-<attempt>   MapPartition files
 //	data/<job>/<dataset>/reduce-<reduce>       ReducePartition files
+//	data/.inodes-<hex>/                        empty; where new inodes go
 //
 // <job> and <dataset> are the ids in lowercase base32hex without padding,
 // which is reversible, safe in any file name, at most 205 characters for 128
@@ -73,6 +74,10 @@ const (
 	CommitLogFile = "COMMITLOG"
 	// DataDir is the directory holding the partition files.
 	DataDir = "data"
+	// InodeDirPrefix starts the names of the empty directories in DataDir
+	// whose block groups new files get their inodes from (FORMAT.md, "Files
+	// on a disk"); no id encodes to it.
+	InodeDirPrefix = ".inodes-"
 )
 
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)

@@ -167,15 +167,19 @@ func logicalBlockSize(major, minor uint32) int {
 
 // CreateFile creates path, which must not exist (EEXIST, as with O_EXCL),
 // and opens it through io for reading and writing. The inode is made with
-// O_TMPFILE in path's directory and then linked under its name: open with
-// O_CREAT holds the directory's lock for the whole creation, so creations
-// in one directory run one at a time, while here the costly part,
-// allocating the inode, runs outside it and creations proceed at once. A
-// file system without O_TMPFILE, or a system without /proc, gets
-// O_CREAT|O_EXCL.
-func CreateFile(io IO, path string, perm os.FileMode) (*File, error) {
+// O_TMPFILE in the directory near (path's own directory when near is "")
+// and then linked under its name. So the caller chooses where the file
+// system allocates the inode (in near's block group, on ext4), and the
+// allocation runs without path's directory locked: open with O_CREAT holds
+// that lock for the whole creation, and creations in one directory would
+// run one at a time. A file system without O_TMPFILE, or a system without
+// /proc, gets O_CREAT|O_EXCL in path's directory.
+func CreateFile(io IO, path, near string, perm os.FileMode) (*File, error) {
+	if near == "" {
+		near = filepath.Dir(path)
+	}
 	if _, err := os.Stat(procFD); err == nil {
-		f, err := io.OpenFile(filepath.Dir(path), unix.O_TMPFILE|unix.O_RDWR, perm)
+		f, err := io.OpenFile(near, unix.O_TMPFILE|unix.O_RDWR, perm)
 		switch {
 		case err == nil:
 			if err := unix.Linkat(unix.AT_FDCWD, procFD+strconv.Itoa(f.fd), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW); err != nil {

@@ -144,24 +144,32 @@ func testWriteReadBack(t *testing.T, b backend) {
 	}
 }
 
-// testCreateFile creates files both ways (O_TMPFILE and a link, and
-// O_CREAT when /proc is missing): each is named, holds what was written
-// through it, and creating it again is EEXIST, leaving nothing behind.
+// testCreateFile creates files every way (O_TMPFILE in the file's own
+// directory or in another, and O_CREAT when /proc is missing): each is
+// named, holds what was written through it, and creating it again is
+// EEXIST, leaving nothing behind.
 func testCreateFile(t *testing.T, b backend) {
 	io := b.open(t, 8)
 	pool := newMemPool(t, 1, 64<<10)
 	w := pool.TryGet()
 	defer w.Release()
-	for _, tc := range []struct{ name, procFD string }{
-		{"tmpfile", procFD},
-		{"no /proc", filepath.Join(t.TempDir(), "no-proc") + "/"},
+	for _, tc := range []struct {
+		name, procFD string
+		near         bool
+	}{
+		{"tmpfile", procFD, false},
+		{"tmpfile near another directory", procFD, true},
+		{"no /proc", filepath.Join(t.TempDir(), "no-proc") + "/", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer func(old string) { procFD = old }(procFD)
 			procFD = tc.procFD
-			dir := t.TempDir()
+			dir, near := t.TempDir(), ""
+			if tc.near {
+				near = t.TempDir()
+			}
 			path := filepath.Join(dir, "new.data")
-			f, err := CreateFile(io, path, 0o640)
+			f, err := CreateFile(io, path, near, 0o640)
 			if err != nil {
 				t.Fatalf("CreateFile: %v", err)
 			}
@@ -184,11 +192,16 @@ func testCreateFile(t *testing.T, b backend) {
 			if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o640 {
 				t.Fatalf("stat: %v, mode %v", err, st.Mode())
 			}
-			if _, err := CreateFile(io, path, 0o640); !errors.Is(err, os.ErrExist) {
+			if _, err := CreateFile(io, path, near, 0o640); !errors.Is(err, os.ErrExist) {
 				t.Fatalf("CreateFile of an existing file: %v, want EEXIST", err)
 			}
 			if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
 				t.Fatalf("the directory holds %d entries (%v), want the one file", len(ents), err)
+			}
+			if near != "" {
+				if ents, err := os.ReadDir(near); err != nil || len(ents) != 0 {
+					t.Fatalf("the directory near holds %d entries (%v), want none", len(ents), err)
+				}
 			}
 		})
 	}
@@ -199,7 +212,7 @@ func testCreateFile(t *testing.T, b backend) {
 		procFD = t.TempDir() + "/"
 		dir := t.TempDir()
 		var le *os.LinkError
-		if _, err := CreateFile(io, filepath.Join(dir, "new.data"), 0o640); !errors.As(err, &le) {
+		if _, err := CreateFile(io, filepath.Join(dir, "new.data"), "", 0o640); !errors.As(err, &le) {
 			t.Fatalf("CreateFile: %v, want the link's error", err)
 		}
 		if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
