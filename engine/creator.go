@@ -6,10 +6,10 @@ import "sync"
 // creatorWorkers at a time, in about the order asked. A thousand
 // partitions opened together would otherwise hold their producers for the
 // whole creation: ext4 without a journal scans, for each new inode, past
-// every inode of its block group freed in the last minutes (see
-// spreadSubdirs), up to a millisecond of CPU per file. The files are made
-// with O_TMPFILE and linked (diskio.CreateFile), so creations in one
-// directory need not wait for each other's inode allocation. Meanwhile the
+// every inode of its block group freed in the last minutes, up to a
+// millisecond of CPU per file (inodes.go). The files are made with
+// O_TMPFILE and linked (diskio.CreateFile), so creations in one directory
+// need not wait for each other's inode allocation. Meanwhile the
 // partitions buffer their pushes (their header first): a stream waits for
 // its file only to write. A producer commit need not wait for the file: its
 // record carries what recovery needs to recreate the partition (FORMAT.md,

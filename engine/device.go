@@ -57,17 +57,11 @@ func deviceOf(dir, sysRoot string) (device, error) {
 // subdirectory of it in a block group of its own choosing, spread over the
 // device, instead of next to dir: ext4's top-of-hierarchy flag (chattr +T),
 // with which the Orlov allocator starts from a hash of the new directory's
-// name. The engine sets it on data/, so each job gets a group of its own.
-//
-// A file's inode is allocated in its directory's group. Without the flag
-// every job lands in data/'s group, and a new job's creations scan past the
-// inodes the jobs before it freed: ext4 without a journal passes over every
-// inode freed in the last 60 s (360 s while its table block is dirty), one
-// at a time, for each new file (recently_deleted in find_inode_bit). After
-// a few thousand deletions that is 0.4–0.9 ms of CPU per file instead of
-// 20–40 µs, a second for the thousand files a stage opens at once. File
-// systems without the flag refuse it (ENOTTY, EOPNOTSUPP), and place
-// directories their own way.
+// name. The engine sets it on data/, so that job directories and inode
+// directories (inodes.go) do not all land in data/'s group, where every new
+// inode would be searched for past the inodes of the files deleted there
+// last. File systems without the flag refuse it (ENOTTY, EOPNOTSUPP), and
+// place directories their own way.
 func spreadSubdirs(dir string) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -111,8 +111,8 @@
 // already push, and its header goes out with its first data, so even the
 // file or its header may be missing after a crash: each commit record
 // carries the partition's map count and codec, and recovery recreates the
-// partition from them. Each job's directory goes to a block group of its
-// own (see spreadSubdirs).
+// partition from them. New files get their inodes in inode directories
+// spread over the device (inodes.go).
 //
 // # Recovery
 //

@@ -8,21 +8,22 @@ import (
 	"github.com/sluice-shuffle/sluice/layout"
 )
 
-// Inode placement. ext4 gives a new file an inode in its directory's block
-// group (with flex_bg, in the first group of the directory's flex group
-// that has free inodes), and without a journal it looks for one past every
-// inode of that group freed in the last minute or more
-// (recently_deleted): a buffer cache lookup each, 0.4–1 ms of CPU a file
-// once a few thousand files of earlier jobs were deleted there, against
-// 20–40 µs in a fresh group. A worker deletes and creates files all day, so
-// the disk does not let the dataset's directory decide: it makes each file
-// with O_TMPFILE in an inode directory, data/.inodes-<random>, and links
-// it under its name (diskio.CreateFile). The Orlov allocator puts the
-// inode directory in a group chosen from a hash of its random name
+// Inode placement. ext4 gives a new file an inode in the block group of its
+// directory (with flex_bg, the first group of that directory's flex group
+// with free inodes). Without a journal it also skips every inode of the
+// group freed in the last minute or more (recently_deleted), one buffer
+// cache lookup each: once a few thousand files were deleted there, a new
+// file costs 0.4–1 ms of CPU instead of 20–40 µs. A worker deletes and
+// creates files all day.
+//
+// So the dataset's directory does not decide. The disk makes each file with
+// O_TMPFILE in an inode directory, data/.inodes-<random>, and links it into
+// the dataset's directory (diskio.CreateFile). The Orlov allocator places
+// the inode directory in a group picked from a hash of its random name
 // (data/ has the top-of-hierarchy flag, see spreadSubdirs). After
-// inodeDirFiles files the disk moves on to a new inode directory, in
-// another group, and removes the old one, which is empty, once no creation
-// uses it. Recovery removes those a crash left.
+// inodeDirFiles files the disk moves on to a new inode directory, in another
+// group, and removes the old one, which is empty, once no creation uses it.
+// Recovery removes those a crash left.
 
 // inodeDir is an inode directory.
 type inodeDir struct {
