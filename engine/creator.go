@@ -5,11 +5,10 @@ import "sync"
 // creator creates the disk's new ReducePartition files in the background,
 // creatorWorkers at a time, in about the order asked. A thousand
 // partitions opened together would otherwise hold their producers for the
-// whole creation: ext4 without a journal scans, for each new inode, past
-// every inode of its block group freed in the last minutes, up to a
-// millisecond of CPU per file (inodes.go). The files are made with
-// O_TMPFILE and linked (diskio.CreateFile), so creations in one directory
-// need not wait for each other's inode allocation. Meanwhile the
+// whole creation, which can take a millisecond of CPU a file (inodes.go).
+// The files are made with O_TMPFILE and linked (diskio.CreateFile), so
+// creations in one directory need not wait for each other's inode
+// allocation. Meanwhile the
 // partitions buffer their pushes (their header first): a stream waits for
 // its file only to write. A producer commit need not wait for the file: its
 // record carries what recovery needs to recreate the partition (FORMAT.md,
@@ -78,8 +77,11 @@ func (c *creator) work() {
 		}
 		fc := c.queue[c.head]
 		c.queue[c.head] = fileCreation{}
-		if c.head++; c.head == len(c.queue) {
-			c.queue, c.head = c.queue[:0], 0
+		if c.head++; c.head > len(c.queue)/2 {
+			// Reuse the taken half (it is empty when head reached the end).
+			n := copy(c.queue, c.queue[c.head:])
+			clear(c.queue[n:])
+			c.queue, c.head = c.queue[:n], 0
 		}
 		c.mu.Unlock()
 		c.create(fc)

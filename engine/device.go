@@ -58,10 +58,9 @@ func deviceOf(dir, sysRoot string) (device, error) {
 // device, instead of next to dir: ext4's top-of-hierarchy flag (chattr +T),
 // with which the Orlov allocator starts from a hash of the new directory's
 // name. The engine sets it on data/, so that job directories and inode
-// directories (inodes.go) do not all land in data/'s group, where every new
-// inode would be searched for past the inodes of the files deleted there
-// last. File systems without the flag refuse it (ENOTTY, EOPNOTSUPP), and
-// place directories their own way.
+// directories do not all land in data/'s group (inodes.go says why). File
+// systems without the flag refuse it (ENOTTY, EOPNOTSUPP), and place
+// directories their own way.
 func spreadSubdirs(dir string) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -82,7 +82,11 @@ type Disk struct {
 	dirs     map[string]bool     // directories known to exist (relative)
 	dirty    map[string]bool     // directories with entries not yet fsynced (relative)
 	inodes   *inodeDir           // where new files get their inodes (inodes.go)
-	intern   map[string]string
+	// After a failure to make an inode directory: creations left before
+	// the next try, and whether the failure was logged.
+	inodesSkip    int
+	inodesFailing bool
+	intern        map[string]string
 
 	clog        *commitLog
 	clogRunning bool
@@ -444,11 +448,16 @@ func (d *Disk) ensureDirLocked(rel string) error {
 	return nil
 }
 
-// spreadJobs spreads the disk's job directories over the device (see
-// spreadSubdirs); a file system that cannot is logged, not an error.
+// spreadJobs spreads the disk's job and inode directories over the device
+// (see spreadSubdirs); a failure is logged, not an error.
 func (d *Disk) spreadJobs() {
-	if err := spreadSubdirs(d.abs(layout.DataDir)); err != nil {
-		d.log.Debug("engine: job directories are placed by the file system's default", "err", err)
+	err := spreadSubdirs(d.abs(layout.DataDir))
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EOPNOTSUPP):
+		d.log.Debug("engine: the file system places the job directories", "err", err)
+	default:
+		d.log.Warn("engine: the file system places the job directories", "err", err)
 	}
 }
 
@@ -482,11 +491,12 @@ func (d *Disk) createFile(rel string, ds datasetKey) (*diskio.File, error) {
 		err = d.ensureDirLocked(filepath.ToSlash(filepath.Dir(rel)))
 	}
 	var p *inodeDir
+	var drop string
 	if err == nil {
-		d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
-		p = d.inodeDirLocked()
+		p, drop = d.inodeDirLocked()
 	}
 	d.mu.Unlock()
+	d.removeInodeDir(drop)
 	if err != nil {
 		return nil, err
 	}
@@ -495,11 +505,17 @@ func (d *Disk) createFile(rel string, ds datasetKey) (*diskio.File, error) {
 		near = d.abs(p.rel)
 	}
 	f, err := diskio.CreateFile(d.io, d.abs(rel), near, 0o644)
+	d.mu.Lock()
 	if p != nil {
-		d.mu.Lock()
-		d.leaveInodeDirLocked(p)
-		d.mu.Unlock()
+		drop = d.leaveInodeDirLocked(p)
 	}
+	if err == nil {
+		// After the link: a group commit that took the directory before
+		// would have synced it without the new name.
+		d.dirty[filepath.ToSlash(filepath.Dir(rel))] = true
+	}
+	d.mu.Unlock()
+	d.removeInodeDir(drop)
 	if err != nil {
 		return nil, fmt.Errorf("engine: create %s: %w", rel, err)
 	}

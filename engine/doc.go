@@ -107,12 +107,11 @@
 // finalize. A crash before Finalize may therefore lose committed segments:
 // recovery reports exactly those producers as lost maps, and the partition
 // stays open for their reruns. A new ReducePartition's file is created by
-// the disk's creator (two at a time, see creator) while the producers
-// already push, and its header goes out with its first data, so even the
-// file or its header may be missing after a crash: each commit record
-// carries the partition's map count and codec, and recovery recreates the
-// partition from them. New files get their inodes in inode directories
-// spread over the device (inodes.go).
+// the disk's creator while the producers already push, and its header goes
+// out with its first data, so even the file or its header may be missing
+// after a crash: each commit record carries the partition's map count and
+// codec, and recovery recreates the partition from them. New files get
+// their inodes in inode directories spread over the device (inodes.go).
 //
 // # Recovery
 //

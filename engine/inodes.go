@@ -21,8 +21,9 @@ import (
 // the dataset's directory (diskio.CreateFile). The Orlov allocator places
 // the inode directory in a group picked from a hash of its random name
 // (data/ has the top-of-hierarchy flag, see spreadSubdirs). After
-// inodeDirFiles files the disk moves on to a new inode directory, in another
-// group, and removes the old one, which is empty, once no creation uses it.
+// inodeDirFiles files the disk moves on to a new inode directory, most
+// likely in another group, and removes the old one, which is empty, once no
+// creation uses it.
 // Recovery removes those a crash left.
 
 // inodeDir is an inode directory.
@@ -37,56 +38,88 @@ type inodeDir struct {
 // ext4's usual 8,192 inodes a group.
 var inodeDirFiles = 4096
 
-// inodeDirLocked returns the inode directory for the next file,
-// counting the caller as a user (leaveInodeDirLocked ends it), or nil when
-// none can be made: the file then gets its inode by its own directory.
-// Called with d.mu held, once data/ exists.
-func (d *Disk) inodeDirLocked() *inodeDir {
-	p := d.inodes
+// inodeDirLocked returns the inode directory for the next file, counting
+// the caller as a user (leaveInodeDirLocked ends it), or nil: the disk is
+// closed, or no inode directory could be made (the file then gets its
+// inode by its own directory, and the disk tries again inodeDirFiles files
+// later). drop is a retired directory for the caller to remove once d.mu
+// is released (removeInodeDir). Called with d.mu held, once data/ exists.
+func (d *Disk) inodeDirLocked() (p *inodeDir, drop string) {
+	if d.closed.Load() {
+		return nil, ""
+	}
+	p = d.inodes
 	if p == nil || p.made >= inodeDirFiles {
-		var b [8]byte
-		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-		rel := layout.DataDir + "/" + layout.InodeDirPrefix + hex.EncodeToString(b[:])
-		if err := os.Mkdir(d.abs(rel), 0o755); err != nil {
-			if p == nil {
-				d.log.Warn("engine: no inode directory; new files get their inodes by their datasets' directories", "err", err)
-				return nil
+		if d.inodesSkip > 0 {
+			d.inodesSkip--
+		} else if np, err := d.makeInodeDir(); err != nil {
+			if !d.inodesFailing {
+				d.log.Warn("engine: no new inode directory; files get their inodes by their own directories for a while", "err", err)
+				d.inodesFailing = true
 			}
-			p.made = 0 // keep the old one for another round
+			d.inodesSkip = inodeDirFiles
 		} else {
+			d.inodesFailing = false
 			if p != nil {
 				p.retired = true
-				d.dropInodeDirLocked(p)
+				drop = dropped(p)
 			}
-			p = &inodeDir{rel: rel}
-			d.inodes = p
+			d.inodes, p = np, np
 		}
 	}
-	p.made++
-	p.users++
-	return p
+	if p != nil {
+		p.made++
+		p.users++
+	}
+	return p, drop
 }
 
-// leaveInodeDirLocked ends a creation that used p.
-func (d *Disk) leaveInodeDirLocked(p *inodeDir) {
+// makeInodeDir makes a new inode directory under a random name.
+func (d *Disk) makeInodeDir() (*inodeDir, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	rel := layout.DataDir + "/" + layout.InodeDirPrefix + hex.EncodeToString(b[:])
+	if err := os.Mkdir(d.abs(rel), 0o755); err != nil {
+		return nil, err
+	}
+	return &inodeDir{rel: rel}, nil
+}
+
+// leaveInodeDirLocked ends a creation that used p; it returns p when p is
+// now to be removed (removeInodeDir), else "".
+func (d *Disk) leaveInodeDirLocked(p *inodeDir) string {
 	p.users--
-	d.dropInodeDirLocked(p)
+	return dropped(p)
 }
 
-// retireInodeDirLocked retires the current inode directory (at close).
-func (d *Disk) retireInodeDirLocked() {
-	if p := d.inodes; p != nil {
-		d.inodes = nil
-		p.retired = true
-		d.dropInodeDirLocked(p)
+// retireInodeDirLocked retires the current inode directory (at close), and
+// returns it when it is to be removed now.
+func (d *Disk) retireInodeDirLocked() string {
+	p := d.inodes
+	if p == nil {
+		return ""
 	}
+	d.inodes = nil
+	p.retired = true
+	return dropped(p)
 }
 
-// dropInodeDirLocked removes p once it is retired and unused.
-func (d *Disk) dropInodeDirLocked(p *inodeDir) {
+// dropped returns p's path once p is retired and unused, else "".
+func dropped(p *inodeDir) string {
 	if p.retired && p.users == 0 {
-		if err := os.Remove(d.abs(p.rel)); err != nil {
-			d.log.Warn("engine: removing an inode directory", "dir", p.rel, "err", err)
-		}
+		return p.rel
+	}
+	return ""
+}
+
+// removeInodeDir removes a dropped inode directory (rel "": nothing).
+func (d *Disk) removeInodeDir(rel string) {
+	if rel == "" {
+		return
+	}
+	if err := os.Remove(d.abs(rel)); err != nil {
+		d.log.Warn("engine: removing an inode directory", "dir", rel, "err", err)
 	}
 }

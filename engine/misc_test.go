@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -377,9 +378,26 @@ func TestDataDirSpreadsJobs(t *testing.T) {
 	checkMapReadable(t, s, "j", "d", 0, 0)
 }
 
-// TestInodeDirs checks that new files are made through inode directories
-// that move on every inodeDirFiles files, leave no directory behind once
-// unused or closed, and that recovery removes those a crash left.
+// tmpfileDirs records the directories an IO opens with O_TMPFILE.
+type tmpfileDirs struct {
+	diskio.IO
+	mu   *sync.Mutex
+	dirs *[]string
+}
+
+func (r tmpfileDirs) OpenFile(path string, flag int, perm os.FileMode) (*diskio.File, error) {
+	if flag&unix.O_TMPFILE == unix.O_TMPFILE {
+		r.mu.Lock()
+		*r.dirs = append(*r.dirs, filepath.Base(path))
+		r.mu.Unlock()
+	}
+	return r.IO.OpenFile(path, flag, perm)
+}
+
+// TestInodeDirs checks that new files get their inodes in inode
+// directories that move on every inodeDirFiles files, that a retired one
+// goes when its last creation ends (not before), that none is left after
+// Close, and that recovery removes those a crash left.
 func TestInodeDirs(t *testing.T) {
 	defer func(n int) { inodeDirFiles = n }(inodeDirFiles)
 	inodeDirFiles = 3
@@ -398,12 +416,15 @@ func TestInodeDirs(t *testing.T) {
 		}
 		return names
 	}
+	var mu sync.Mutex
+	var opened []string
 	cfg := testConfig(diskio.BackendPool, dir)
+	cfg.WrapIO = func(_ string, io diskio.IO) diskio.IO { return tmpfileDirs{io, &mu, &opened} }
 	s, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var seen []string
+	var seen, want []string
 	for m := range uint32(7) {
 		writeMap(t, s, "j", "d", m, 0)
 		names := inodeDirs()
@@ -413,9 +434,13 @@ func TestInodeDirs(t *testing.T) {
 		if !slices.Contains(seen, names[0]) {
 			seen = append(seen, names[0])
 		}
+		want = append(want, names[0])
 	}
 	if len(seen) != 3 { // files 1-3, 4-6, 7
 		t.Fatalf("7 files went through inode directories %q, want 3", seen)
+	}
+	if !slices.Equal(opened, want) {
+		t.Fatalf("files made with O_TMPFILE in %q, want %q", opened, want)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -434,5 +459,29 @@ func TestInodeDirs(t *testing.T) {
 	}
 	for m := range uint32(7) {
 		checkMapReadable(t, s, "j", "d", m, 0)
+	}
+
+	// A retired directory still in use stays until its last user leaves.
+	inodeDirFiles = 1
+	d := s.Disks()[0]
+	d.mu.Lock()
+	p1, drop1 := d.inodeDirLocked()
+	p2, drop2 := d.inodeDirLocked()
+	d.mu.Unlock()
+	if p1 == nil || p2 == nil || p1 == p2 || drop1 != "" || drop2 != "" {
+		t.Fatalf("inode directories %v, %v, dropped %q, %q: want two, none dropped", p1, p2, drop1, drop2)
+	}
+	if names := inodeDirs(); len(names) != 2 {
+		t.Fatalf("inode directories %q with a retired one in use, want two", names)
+	}
+	d.mu.Lock()
+	drop1, drop2 = d.leaveInodeDirLocked(p1), d.leaveInodeDirLocked(p2)
+	d.mu.Unlock()
+	if drop1 != p1.rel || drop2 != "" {
+		t.Fatalf("dropped %q, %q; want %q, none", drop1, drop2, p1.rel)
+	}
+	d.removeInodeDir(drop1)
+	if names := inodeDirs(); !slices.Equal(names, []string{filepath.Base(p2.rel)}) {
+		t.Fatalf("inode directories %q, want only the current one", names)
 	}
 }

@@ -741,8 +741,9 @@ func (d *Disk) close() error {
 		d.creator.stop() // after the partitions' last writes, which may wait for their files
 	}
 	d.mu.Lock()
-	d.retireInodeDirLocked()
+	drop := d.retireInodeDirLocked()
 	d.mu.Unlock()
+	d.removeInodeDir(drop)
 	var errs []error
 	if d.clog != nil {
 		if d.clogRunning {

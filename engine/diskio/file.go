@@ -168,28 +168,29 @@ func logicalBlockSize(major, minor uint32) int {
 // CreateFile creates path, which must not exist (EEXIST, as with O_EXCL),
 // and opens it through io for reading and writing. The inode is made with
 // O_TMPFILE in the directory near (path's own directory when near is "")
-// and then linked under its name. So the caller chooses where the file
-// system allocates the inode (in near's block group, on ext4), and the
-// allocation runs without path's directory locked: open with O_CREAT holds
-// that lock for the whole creation, and creations in one directory would
-// run one at a time. A file system without O_TMPFILE, or a system without
-// /proc, gets O_CREAT|O_EXCL in path's directory.
+// and then linked under its name: so the caller chooses where the file
+// system allocates the inode (near's block group, on ext4), and creations
+// in one directory do not wait for each other's allocation, as they do
+// with O_CREAT, which holds the directory's lock throughout. When that way
+// fails for any reason but an existing path (no O_TMPFILE, no /proc, near
+// gone), the file is made with O_CREAT|O_EXCL, which reports any error
+// that remains.
 func CreateFile(io IO, path, near string, perm os.FileMode) (*File, error) {
 	if near == "" {
 		near = filepath.Dir(path)
 	}
 	if _, err := os.Stat(procFD); err == nil {
-		f, err := io.OpenFile(near, unix.O_TMPFILE|unix.O_RDWR, perm)
-		switch {
-		case err == nil:
-			if err := unix.Linkat(unix.AT_FDCWD, procFD+strconv.Itoa(f.fd), unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW); err != nil {
-				f.Close() // never linked: the inode goes with it
-				return nil, &os.LinkError{Op: "link", Old: f.path, New: path, Err: err}
+		if f, err := io.OpenFile(near, unix.O_TMPFILE|unix.O_RDWR, perm); err == nil {
+			fdPath := procFD + strconv.Itoa(f.fd)
+			err := unix.Linkat(unix.AT_FDCWD, fdPath, unix.AT_FDCWD, path, unix.AT_SYMLINK_FOLLOW)
+			if err == nil {
+				f.path = path
+				return f, nil
 			}
-			f.path = path
-			return f, nil
-		case !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR):
-			return nil, err
+			f.Close() // never linked: the inode goes with it
+			if errors.Is(err, unix.EEXIST) {
+				return nil, &os.LinkError{Op: "link", Old: fdPath, New: path, Err: err}
+			}
 		}
 	}
 	return io.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)

@@ -7,19 +7,28 @@
 # BENCH_DIR is the directory measured (default /work/benchdir/engine); EXTRA
 # is added to every command line. Needs python3.
 set -euo pipefail
+if (($# < 2)); then
+	echo "usage: $0 ROUNDS BINARY..." >&2
+	exit 2
+fi
 rounds=$1
 shift
 bins=("$@")
 n=${#bins[@]}
 dir=${BENCH_DIR:-/work/benchdir/engine}
 out=$(mktemp)
+trap 'rm -f "$out" "$out.err"' EXIT
 for ((r = 0; r < rounds; r++)); do
 	for ((k = 0; k < n; k++)); do
 		i=$(((k + r) % n))
 		# shellcheck disable=SC2086
-		json=$("${bins[$i]}" bench engine --dir "$dir" --runs 1 --partitions 0 --map=false --json ${EXTRA:-} 2>/dev/null | tail -1)
+		if ! json=$("${bins[$i]}" bench engine --dir "$dir" --runs 1 --partitions 0 --map=false --json ${EXTRA:-} 2>"$out.err" | tail -1); then
+			echo "round $r, ${bins[$i]} failed:" >&2
+			cat "$out.err" >&2
+			exit 1
+		fi
 		v=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("%.0f\t%.2f\t%.2f\t%.0f" % (d["reduce_write_mib_s"], d["reduce_push_s"], d["reduce_finalize_s"], d["commit_p50_ms"]))' "$json")
-		printf '%d\t%d\t%s\t%s\n' "$r" "$i" "$(basename "${bins[$i]}")" "$v" | tee -a "$out"
+		printf '%d\t%d\t%s\t%s\n' "$r" "$i" "$i:$(basename "${bins[$i]}")" "$v" | tee -a "$out"
 	done
 done
 python3 - "$out" "$n" <<'PY'
@@ -38,4 +47,3 @@ for i in range(n):
         line += "; against the first: paired median %+.1f %%, faster in %d of %d" % (100 * (st.median(rat) - 1), sum(x > 1 for x in rat), len(rat))
     print(line)
 PY
-rm -f "$out"
