@@ -23,8 +23,7 @@ import (
 // (data/ has the top-of-hierarchy flag, see spreadSubdirs). After
 // inodeDirFiles files the disk moves on to a new inode directory, most
 // likely in another group, and removes the old one, which is empty, once no
-// creation uses it.
-// Recovery removes those a crash left.
+// creation uses it. Recovery removes those a crash left.
 
 // inodeDir is an inode directory.
 type inodeDir struct {

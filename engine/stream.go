@@ -181,7 +181,8 @@ func (s *stream) setErr(err error) {
 	s.err.CompareAndSwap(nil, &e)
 }
 
-// opDone is called (on the IO's goroutine) when one of the stream's ops completed.
+// opDone is called, on the IO's goroutine, when one of the stream's ops
+// completed.
 func (s *stream) opDone(err error) {
 	if err != nil {
 		s.setErr(err)
@@ -513,13 +514,21 @@ func (s *stream) flushCur() error {
 		return nil
 	}
 	if s.curBase+int64(s.curLen) <= s.writtenEnd {
-		s.tailLen = copy(s.tail, s.cur.Bytes()[:s.curLen])
-		s.cur.Release()
-		s.cur, s.curLen, s.carried = nil, 0, 0
-		s.held.Store(0)
+		b, n, _ := s.takeCur()
+		s.tailLen = copy(s.tail, b.Bytes()[:n])
+		b.Release()
 		return nil
 	}
 	return s.submitCur()
+}
+
+// takeCur detaches the current buffer from the stream, returning it with
+// its committed length and file offset.
+func (s *stream) takeCur() (b *mem.Buf, n int, base int64) {
+	b, n, base = s.cur, s.curLen, s.curBase
+	s.cur, s.curLen, s.carried = nil, 0, 0
+	s.held.Store(0)
+	return b, n, base
 }
 
 // flushEarlyCur gives the current buffer up before it is full: it writes
@@ -529,9 +538,7 @@ func (s *stream) flushEarlyCur() error {
 	if s.cur == nil {
 		return nil
 	}
-	b, n, base := s.cur, s.curLen, s.curBase
-	s.cur, s.curLen, s.carried = nil, 0, 0
-	s.held.Store(0)
+	b, n, base := s.takeCur()
 	data := b.Bytes()
 	cut := int(alignDown(base+int64(n), s.gran) - base)
 	if cut <= 0 {
@@ -546,9 +553,7 @@ func (s *stream) flushEarlyCur() error {
 // submitCur writes cur (padded to the alignment with zeros) at its offset;
 // the write owns the buffer from here on.
 func (s *stream) submitCur() error {
-	b, n, base := s.cur, s.curLen, s.curBase
-	s.cur, s.curLen, s.carried = nil, 0, 0
-	s.held.Store(0)
+	b, n, base := s.takeCur()
 	data := b.Bytes()
 	padded := int(roundUp(int64(n), s.align))
 	// Zero the padding: stale bytes of the buffer's previous use could

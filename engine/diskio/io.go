@@ -70,8 +70,8 @@ func (o Op) String() string {
 const MaxRequestBytes = 1 << 30
 
 // Request is one asynchronous IO. The caller owns it: it may reuse it once
-// it came back on Done, or once its Complete function ran. Nothing in a request allocates; callers keep pools of
-// them.
+// it came back on Done, or once its Complete function ran. Nothing in a
+// request allocates; callers keep pools of them.
 type Request struct {
 	Op   Op
 	File *File

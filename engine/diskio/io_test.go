@@ -98,6 +98,15 @@ func newMemPool(t testing.TB, n, size int) *mem.Pool {
 	return p
 }
 
+// newBuffer returns one buffer of size bytes from a pool of its own; it
+// goes back when the test ends.
+func newBuffer(t testing.TB, size int) *mem.Buf {
+	t.Helper()
+	b := newMemPool(t, 1, size).TryGet()
+	t.Cleanup(b.Release)
+	return b
+}
+
 func createFile(t testing.TB, io IO, name string) *File {
 	t.Helper()
 	f, err := io.OpenFile(filepath.Join(t.TempDir(), name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -165,9 +174,7 @@ func (r *tmpfileOpens) OpenFile(path string, flag int, perm os.FileMode) (*File,
 // else is left in either directory; creating it again is EEXIST.
 func testCreateFile(t *testing.T, b backend) {
 	io := &tmpfileOpens{IO: b.open(t, 8)}
-	pool := newMemPool(t, 1, 64<<10)
-	w := pool.TryGet()
-	defer w.Release()
+	w := newBuffer(t, 64<<10)
 	for _, tc := range []struct {
 		name   string
 		procFD string // "": the real one
@@ -281,9 +288,7 @@ func testFixedBuffers(t *testing.T, b backend) {
 func testFdatasync(t *testing.T, b backend) {
 	io := b.open(t, 4)
 	f := createFile(t, io, "sync.data")
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	mustDo(t, io, &Request{Op: OpWrite, File: f, Buf: buf.Bytes(), Off: 0})
 	sync := &Request{Op: OpSync, File: f}
 	mustDo(t, io, sync)
@@ -342,9 +347,7 @@ func testFullRingWaits(t *testing.T, b backend) {
 	// must wait for room, never drop.
 	io := b.open(t, 1)
 	f := createFile(t, io, "full.data")
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	const n = 200
 	done := make(chan *Request, n)
 	reqs := make([]*Request, n)
@@ -367,9 +370,7 @@ func testFullRingWaits(t *testing.T, b backend) {
 func testShortReadAtEOF(t *testing.T, b backend) {
 	io := b.open(t, 4)
 	f := createFile(t, io, "eof.data")
-	pool := newMemPool(t, 1, 16<<10)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 16<<10)
 	mustDo(t, io, &Request{Op: OpWrite, File: f, Buf: buf.Bytes()[:8192]})
 	for _, c := range []struct {
 		off    int64
@@ -386,9 +387,7 @@ func testShortReadAtEOF(t *testing.T, b backend) {
 func testUnalignedRejected(t *testing.T, b backend) {
 	io := b.open(t, 4)
 	f := createFile(t, io, "align.data")
-	pool := newMemPool(t, 1, 64<<10)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 64<<10)
 	a := f.Alignment()
 	if b.direct && (a.Memory < 512 || a.Offset < 512) {
 		t.Fatalf("direct file alignment %+v is implausible", a)
@@ -431,9 +430,7 @@ func testUnalignedRejected(t *testing.T, b backend) {
 func testClosedFileRejected(t *testing.T, b backend) {
 	io := b.open(t, 4)
 	f := createFile(t, io, "closed.data")
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -463,9 +460,7 @@ func testFaultsSurface(t *testing.T, b backend) {
 	}
 	data := createFile(t, fio, "p.data")
 	other := createFile(t, fio, "p.index")
-	pool := newMemPool(t, 1, 64<<10)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 64<<10)
 	write := func(f *File, n int) *Request {
 		r := &Request{Op: OpWrite, File: f, Buf: buf.Bytes()[:n]}
 		if err := Do(fio, r); err != nil && r.Err == nil {
@@ -552,9 +547,7 @@ func testCloseWithIOInFlight(t *testing.T, b backend) {
 	io := b.open(t, 8)
 	f := createFile(t, io, "close.data")
 	const n = 300
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	done := make(chan *Request, 2*n)
 	reqs := make([]*Request, n)
 	for i := range reqs {
@@ -599,9 +592,7 @@ func testCloseWithIOInFlight(t *testing.T, b backend) {
 func testCompleteSubmits(t *testing.T, b backend) {
 	io := b.open(t, 1)
 	f := createFile(t, io, "complete.data")
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	const chains, links = 16, 40
 	var mu sync.Mutex
 	left := chains * links
@@ -797,9 +788,7 @@ func TestUnknownBackend(t *testing.T) {
 func TestPoolCloseWhileACompletionSubmits(t *testing.T) {
 	p := newPool(1, false)
 	f := createFile(t, p, "close.data")
-	pool := newMemPool(t, 1, 4096)
-	buf := pool.TryGet()
-	defer buf.Release()
+	buf := newBuffer(t, 4096)
 	done := make(chan *Request, 16)
 	mk := func() *Request { return &Request{Op: OpWrite, File: f, Buf: buf.Bytes(), Done: done} }
 	gate := make(chan struct{})
