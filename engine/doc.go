@@ -44,7 +44,6 @@
 //	s.CommitAttempt(ctx, job, dataset, map, attempt, segmentsPerReduce) // producer commit, one group commit
 //	rp.Commit(ctx, map, attempt, segments)  // the same for one partition; rp.Abort(map, attempt)
 //	s.FinalizeReduce(ctx, job, dataset, reduce) // when the control plane says every producer is done
-//	s.FinalizeDataset(ctx, job, dataset)        // the same for all the dataset's partitions at once
 //
 // The read scheduler (and anyone reading directly) resolves extents and
 // reads them through the disk's IO:

@@ -445,44 +445,6 @@ func (s *Store) FinalizeReduce(ctx context.Context, job, dataset string, reduce 
 	return rp.Finalize(ctx)
 }
 
-// FinalizeDataset finalizes every ReducePartition of (job, dataset) on this
-// worker, all at once: the call the control plane makes once every producer
-// of the dataset is done, and what the server's automatic finalizes amount
-// to when a dataset's last producer commits. Finalized together, the
-// partitions share the device's queue with their last writes and
-// fdatasyncs and the disks' group commits with their finalize records. The
-// results are by reduce index; partitions finalized before are included,
-// failed ones are named in the error.
-func (s *Store) FinalizeDataset(ctx context.Context, job, dataset string) (map[uint32]ReduceResult, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var rps []*ReducePartition
-	for _, d := range s.disks {
-		d.mu.Lock()
-		for k, rp := range d.reduces {
-			if k.Job == job && k.Dataset == dataset {
-				rps = append(rps, rp)
-			}
-		}
-		d.mu.Unlock()
-	}
-	results := make([]ReduceResult, len(rps))
-	errs := make([]error, len(rps))
-	var wg sync.WaitGroup
-	for i, rp := range rps {
-		wg.Go(func() { results[i], errs[i] = rp.Finalize(ctx) })
-	}
-	wg.Wait()
-	out := make(map[uint32]ReduceResult, len(rps))
-	for i, rp := range rps {
-		if errs[i] == nil {
-			out[rp.key.Reduce] = results[i]
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
 // CommitAttempt is the producer commit of (map, attempt) in every
 // ReducePartition of (job, dataset) it pushed to on this worker: segments
 // maps each reduce index to the attempt's segment count there. It waits for

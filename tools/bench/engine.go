@@ -400,23 +400,36 @@ func (c *EngineConfig) reducePhase(ctx context.Context, res *EngineResult) (err 
 	default:
 	}
 	res.ReducePushSecs = time.Since(start).Seconds()
-	// Finalize the dataset (the control plane's call once all producers are
-	// done; the server's automatic finalizes come to the same when the last
-	// producer commits).
-	fins, err := s.FinalizeDataset(ctx, "bench", "reduce")
+	// Finalize every partition (the control plane's call once all producers
+	// are done), several at a time.
+	var fileBytes atomic.Int64
+	var fin atomic.Int64
+	for range min(c.Pushers, 32) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				r := int(fin.Add(1) - 1)
+				if r >= c.Reduces {
+					return
+				}
+				fr, err := s.FinalizeReduce(ctx, "bench", "reduce", uint32(r))
+				if err != nil {
+					errs <- err
+					return
+				}
+				fileBytes.Add(fr.Length)
+			}
+		}()
+	}
+	wg.Wait()
 	elapsed := time.Since(start)
-	if err != nil {
+	close(errs)
+	if err := <-errs; err != nil {
 		return err
 	}
-	if len(fins) != c.Reduces {
-		return fmt.Errorf("finalized %d ReducePartitions of %d", len(fins), c.Reduces)
-	}
-	var fileBytes int64
-	for _, fr := range fins {
-		fileBytes += fr.Length
-	}
 	res.ReduceFinalizeSecs = elapsed.Seconds() - res.ReducePushSecs
-	res.ReduceFileBytes = fileBytes
+	res.ReduceFileBytes = fileBytes.Load()
 	res.ReduceWriteMiBs = float64(res.ReduceFileBytes) / (1 << 20) / elapsed.Seconds()
 	res.CommitP50Ms, res.CommitP99Ms = Percentile(commits, 50), Percentile(commits, 99)
 	st := s.Stats().Disks[0]
