@@ -30,9 +30,11 @@ type mapAttempts struct {
 	firstID    uint32
 	hasFirst   bool
 	committing bool // one of them is being committed
-	// more are the other attempts, rare: behind a pointer, so that the
-	// entry stays 32 bytes (a slice header would make it 48).
-	more *[]attemptEntry
+	// more is 1 + the index of the map's other attempts (rare) in the
+	// table's extra, 0 when it has none: an index, not a pointer, so that
+	// the dense table holds no pointers and the garbage collector never
+	// scans it (32 MB for a thousand partitions of a thousand maps).
+	more uint32
 }
 
 // The entry's size is fixed at 32 bytes (see mapAttempts).
@@ -54,6 +56,15 @@ type attemptEntry struct {
 type attemptTable struct {
 	dense  []mapAttempts
 	sparse map[uint32]*mapAttempts
+	extra  [][]attemptEntry // maps' other attempts, see mapAttempts.more
+}
+
+// others returns the attempts of ma beyond its first.
+func (t *attemptTable) others(ma *mapAttempts) []attemptEntry {
+	if ma.more == 0 {
+		return nil
+	}
+	return t.extra[ma.more-1]
 }
 
 // denseMapsMax bounds the slice: 32 bytes per map and partition.
@@ -99,11 +110,9 @@ func (t *attemptTable) get(m, a uint32) attemptState {
 	if ma.hasFirst && ma.firstID == a {
 		return ma.first
 	}
-	if ma.more != nil {
-		for _, e := range *ma.more {
-			if e.id == a {
-				return e.st
-			}
+	for _, e := range t.others(ma) {
+		if e.id == a {
+			return e.st
 		}
 	}
 	return attemptState{}
@@ -115,16 +124,18 @@ func (t *attemptTable) set(m, a uint32, st attemptState) {
 		ma.first, ma.firstID, ma.hasFirst = st, a, true
 		return
 	}
-	if ma.more == nil {
-		ma.more = new([]attemptEntry)
+	if ma.more == 0 {
+		t.extra = append(t.extra, nil)
+		ma.more = uint32(len(t.extra))
 	}
-	for i := range *ma.more {
-		if (*ma.more)[i].id == a {
-			(*ma.more)[i].st = st
+	more := &t.extra[ma.more-1]
+	for i := range *more {
+		if (*more)[i].id == a {
+			(*more)[i].st = st
 			return
 		}
 	}
-	*ma.more = append(*ma.more, attemptEntry{a, st})
+	*more = append(*more, attemptEntry{a, st})
 }
 
 func (t *attemptTable) committing(m uint32) bool {
@@ -143,11 +154,9 @@ func (t *attemptTable) committedAttempt(m uint32) (uint32, bool) {
 	if ma.hasFirst && ma.first.state == attemptCommitted {
 		return ma.firstID, true
 	}
-	if ma.more != nil {
-		for _, e := range *ma.more {
-			if e.st.state == attemptCommitted {
-				return e.id, true
-			}
+	for _, e := range t.others(ma) {
+		if e.st.state == attemptCommitted {
+			return e.id, true
 		}
 	}
 	return 0, false
@@ -162,11 +171,9 @@ func (t *attemptTable) closeOthers(m, a uint32) {
 	if ma.hasFirst && ma.firstID != a && ma.first.state == attemptOpen {
 		ma.first.state = attemptClosed
 	}
-	if ma.more != nil {
-		for i := range *ma.more {
-			if (*ma.more)[i].id != a && (*ma.more)[i].st.state == attemptOpen {
-				(*ma.more)[i].st.state = attemptClosed
-			}
+	for i, e := range t.others(ma) {
+		if e.id != a && e.st.state == attemptOpen {
+			t.extra[ma.more-1][i].st.state = attemptClosed
 		}
 	}
 }

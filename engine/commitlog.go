@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +58,7 @@ type commitLog struct {
 // commitReq is one record waiting for durability, in a group of records
 // whose writer waits for all of them.
 type commitReq struct {
-	rec  layout.Record
+	rec  *layout.Record // the caller's, which waits until it is durable
 	size int
 	err  error
 	g    *commitGroup
@@ -222,7 +223,13 @@ func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
 	start := time.Now()
 	g := &commitGroup{done: make(chan struct{})}
 	g.left.Store(int32(len(recs)))
-	reqs := make([]commitReq, len(recs))
+	pooled := commitReqs.Get().(*[]commitReq)
+	reqs := slices.Grow((*pooled)[:0], len(recs))[:len(recs)]
+	defer func() {
+		clear(reqs)
+		*pooled = reqs[:0]
+		commitReqs.Put(pooled)
+	}()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -232,7 +239,7 @@ func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
 		return
 	}
 	for i := range recs {
-		reqs[i] = commitReq{rec: recs[i], size: recordSize(&recs[i]), g: g}
+		reqs[i] = commitReq{rec: &recs[i], size: recordSize(&recs[i]), g: g}
 		l.queue = append(l.queue, &reqs[i])
 	}
 	l.cond.Signal()
@@ -243,6 +250,11 @@ func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
 	}
 	l.d.stats.commitLatency.observe(time.Since(start))
 }
+
+// commitReqs are the requests of commitMany calls, reused: a producer
+// commit queues a thousand records at a time, a million in a stage. The
+// committer holds a request only until its group is done.
+var commitReqs = sync.Pool{New: func() any { return new([]commitReq) }}
 
 // run is the group committer.
 func (l *commitLog) run() {
@@ -304,7 +316,7 @@ func (l *commitLog) append(batch []*commitReq) error {
 		r.rec.LSN = l.nextLSN + uint64(i)
 		r.rec.BatchPos = uint16(i)
 		var err error
-		if out, err = layout.AppendRecord(out, &r.rec); err != nil {
+		if out, err = layout.AppendRecord(out, r.rec); err != nil {
 			return err
 		}
 	}

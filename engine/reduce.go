@@ -110,6 +110,10 @@ func newOpenReduce(d *Disk, k layout.ReduceKey, mapCount uint32, codec layout.Co
 	rp := newReduce(d, k)
 	rp.mapCount, rp.codec, rp.f, rp.b = mapCount, codec, f, b
 	rp.attempts = newAttemptTable(mapCount)
+	if mapCount <= denseMapsMax {
+		// Room for every producer's commit, as the attempt table has.
+		rp.commits = make([]layout.AttemptCommit, 0, mapCount)
+	}
 	// No spare buffers: a thousand partitions share the memory.
 	rp.s = newStream(d, f, d.cfg.WriteDepth, hint, 0)
 	rp.maxReserve = rp.s.maxReserve()

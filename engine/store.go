@@ -456,14 +456,8 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	type pending struct {
-		rp   *ReducePartition
-		segs uint32
-	}
-	// By disk, in the order of s.disks; each disk's slices are made once,
-	// for every partition (a producer commits to a thousand at a time).
-	byDisk := make([][]pending, len(s.disks))
-	recs := make([][]layout.Record, len(s.disks))
+	sc := getCommitScratch(len(s.disks))
+	defer sc.put()
 	var errs []error
 	for r, n := range segments {
 		rp := s.findReduce(layout.ReduceKey{Job: job, Dataset: dataset, Reduce: r})
@@ -477,18 +471,16 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 			errs = append(errs, err)
 		case !done:
 			i := slices.Index(s.disks, rp.d)
-			if byDisk[i] == nil {
-				byDisk[i], recs[i] = make([]pending, 0, len(segments)), make([]layout.Record, 0, len(segments))
-			}
-			byDisk[i] = append(byDisk[i], pending{rp, n})
-			recs[i] = append(recs[i], rec)
+			sc.pending[i] = append(sc.pending[i], pendingCommit{rp, n})
+			sc.recs[i] = append(sc.recs[i], rec)
 		}
 	}
 	var mu sync.Mutex
 	commit := func(i int) {
-		out := make([]error, len(byDisk[i]))
-		s.disks[i].clog.commitMany(recs[i], out)
-		for j, p := range byDisk[i] {
+		out := slices.Grow(sc.out[i][:0], len(sc.pending[i]))[:len(sc.pending[i])]
+		sc.out[i] = out
+		s.disks[i].clog.commitMany(sc.recs[i], out)
+		for j, p := range sc.pending[i] {
 			if err := p.rp.endCommit(mapIndex, attempt, p.segs, out[j]); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
@@ -498,13 +490,53 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 	}
 	// The disks' group commits at once.
 	var wg sync.WaitGroup
-	for i := range byDisk {
-		if byDisk[i] != nil {
+	for i := range sc.pending {
+		if len(sc.pending[i]) > 0 {
 			wg.Go(func() { commit(i) })
 		}
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// pendingCommit is a partition of a producer commit waiting for its record.
+type pendingCommit struct {
+	rp   *ReducePartition
+	segs uint32
+}
+
+// commitScratch is the working memory of a producer commit, by disk,
+// reused: a commit to a thousand partitions makes a thousand records, and
+// a stage makes a thousand commits.
+type commitScratch struct {
+	pending [][]pendingCommit
+	recs    [][]layout.Record
+	out     [][]error
+}
+
+var commitScratches sync.Pool
+
+func getCommitScratch(disks int) *commitScratch {
+	sc, _ := commitScratches.Get().(*commitScratch)
+	if sc == nil {
+		sc = &commitScratch{}
+	}
+	for len(sc.pending) < disks {
+		sc.pending, sc.recs, sc.out = append(sc.pending, nil), append(sc.recs, nil), append(sc.out, nil)
+	}
+	sc.pending, sc.recs, sc.out = sc.pending[:disks], sc.recs[:disks], sc.out[:disks]
+	return sc
+}
+
+// put empties sc (dropping what it points to) and returns it to the pool.
+func (sc *commitScratch) put() {
+	for i := range sc.pending {
+		clear(sc.pending[i])
+		clear(sc.recs[i])
+		clear(sc.out[i])
+		sc.pending[i], sc.recs[i], sc.out[i] = sc.pending[i][:0], sc.recs[i][:0], sc.out[i][:0]
+	}
+	commitScratches.Put(sc)
 }
 
 // findReduce returns the partition of k, waiting for its creation if it is
