@@ -171,9 +171,10 @@ func (t *attemptTable) closeOthers(m, a uint32) {
 	if ma.hasFirst && ma.firstID != a && ma.first.state == attemptOpen {
 		ma.first.state = attemptClosed
 	}
-	for i, e := range t.others(ma) {
-		if e.id != a && e.st.state == attemptOpen {
-			t.extra[ma.more-1][i].st.state = attemptClosed
+	o := t.others(ma)
+	for i := range o {
+		if o[i].id != a && o[i].st.state == attemptOpen {
+			o[i].st.state = attemptClosed
 		}
 	}
 }

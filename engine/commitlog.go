@@ -212,7 +212,9 @@ func (l *commitLog) commit(r *layout.Record) error {
 
 // commitMany queues every record of recs and waits until all are durable
 // (or failed); errs[i] is the outcome of recs[i]. Queued together, they go
-// into the same group commit when they fit into one write.
+// into the same group commit when they fit into one write. The committer
+// reads the records in place until commitMany returns, and sets their LSN
+// and BatchPos: recs is the caller's again afterwards, not before.
 func (l *commitLog) commitMany(recs []layout.Record, errs []error) {
 	if l == nil || !l.d.clogRunning {
 		for i := range errs {
@@ -289,6 +291,7 @@ func (l *commitLog) run() {
 			r.err = err
 			r.g.finishOne()
 		}
+		clear(l.batch) // the requests are their callers' again
 	}
 }
 

@@ -514,13 +514,10 @@ type commitScratch struct {
 	out     [][]error
 }
 
-var commitScratches sync.Pool
+var commitScratches = sync.Pool{New: func() any { return new(commitScratch) }}
 
 func getCommitScratch(disks int) *commitScratch {
-	sc, _ := commitScratches.Get().(*commitScratch)
-	if sc == nil {
-		sc = &commitScratch{}
-	}
+	sc := commitScratches.Get().(*commitScratch)
 	for len(sc.pending) < disks {
 		sc.pending, sc.recs, sc.out = append(sc.pending, nil), append(sc.recs, nil), append(sc.out, nil)
 	}
@@ -548,7 +545,9 @@ func (s *Store) findReduce(k layout.ReduceKey) *ReducePartition {
 	}
 	slot := v.(*reduceSlot)
 	// A producer commit looks up a thousand partitions, created long ago:
-	// the non-blocking receive from their closed channels takes no lock.
+	// a non-blocking receive from a closed, empty channel returns without
+	// the channel's lock (the fast path of chanrecv, runtime/chan.go),
+	// which a blocking one takes.
 	select {
 	case <-slot.ready:
 	default:
