@@ -262,7 +262,10 @@ func (r *ringIO) complete(c *uring.CQE) {
 
 // fail handles an io_uring_enter error that is not a transient one: the
 // queued requests fail with it, and the IO closes once the requests in
-// flight have completed.
+// flight have completed. It waits for them however long the kernel keeps
+// refusing (Close with it): a request given up while in flight could still
+// complete into its buffer after the buffer went to another request, and
+// closing the ring's fd does not wait for the kernel to let go of them.
 func (r *ringIO) fail(err error) {
 	if r.fatal == nil {
 		r.fatal = err
