@@ -306,19 +306,19 @@ func (wc *writeChan) inlineData(h *wire.Header) error {
 			return err
 		}
 	}
-	hdr := parts[0]
-	if len(hdr) < wire.BufferHeaderSize {
-		k := copy(wc.hdr[:], hdr)
+	// The header is copied out before Commit: once committed, the buffer
+	// is the engine's, which may write it out and hand it to another
+	// writer before the totals read it.
+	k := copy(wc.hdr[:], parts[0])
+	if k < wire.BufferHeaderSize {
 		copy(wc.hdr[k:], parts[1])
-		hdr = wc.hdr[:]
 	}
-	hdr = hdr[:wire.BufferHeaderSize]
 	if err := wc.w.Commit(); err != nil {
 		ch.fail(err, opWrite)
 		c.mem.release(int64(n))
 		return nil
 	}
-	wc.counted(hdr, n)
+	wc.counted(wc.hdr[:], n)
 	c.mem.release(int64(n))
 	c.s.st.bytesReceived.Add(int64(n))
 	c.s.st.zeroCopyBytes.Add(int64(n))
