@@ -142,3 +142,63 @@ func verifyMapFile(t testing.TB, path string) layout.MapSummary {
 	}
 	return sum
 }
+
+// TestReleaseDuringReservation releases a dataset while one of its
+// MapWriters has a reservation open, as when the server is reading a
+// buffer from the socket into it. The reserved memory stays the writer's
+// until it commits or cancels: another writer must never be handed memory
+// that is still being written.
+func TestReleaseDuringReservation(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		s := openTestStore(t, testConfig(backend, t.TempDir()))
+		ctx := context.Background()
+		open := func(ds string) *MapWriter {
+			w, err := s.CreateMap(ctx, MapSpec{Job: "job", Dataset: ds, Subpartitions: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.StartRegion(false); err != nil {
+				t.Fatal(err)
+			}
+			return w
+		}
+		gone := open("gone")
+		late := storedBuffer(0, payload(1000, 1))
+		parts, err := gone.Reserve(ctx, len(late))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Release(ctx, "job", "gone"); err != nil {
+			t.Fatal(err)
+		}
+
+		kept := open("kept")
+		want := storedBuffer(0, payload(1000, 2))
+		if err := reserveWrite(ctx, kept, want); err != nil {
+			t.Fatal(err)
+		}
+		// The rest of the released writer's buffer arrives from the socket.
+		rest := late
+		for _, p := range parts {
+			rest = rest[copy(p, rest):]
+		}
+		if err := gone.Commit(); !errors.Is(err, ErrReleased) {
+			t.Fatalf("Commit after the release: %v, want ErrReleased", err)
+		}
+		if err := kept.FinishRegion(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kept.Finish(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.OpenMap("job", "kept", 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if got := readAllExtents(t, r, 0, 1); !bytes.Equal(got, want) {
+			t.Fatalf("the kept partition reads other bytes than it was given (%d, %d bytes)", len(got), len(want))
+		}
+		// The store's Close (cleanup) checks that every buffer came back.
+	})
+}

@@ -245,6 +245,10 @@ func (w *MapWriter) Commit() error {
 	n := w.resv
 	w.resv = 0
 	if err := w.checkLocked(); err != nil {
+		// Aborted while the buffer was being filled: nothing is stored.
+		w.s.mu.Lock()
+		w.s.cancelReserved()
+		w.s.mu.Unlock()
 		return err
 	}
 	s := w.s

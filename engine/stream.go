@@ -471,6 +471,10 @@ func (s *stream) commitReserved() error {
 // cancelReserved forgets the reservation.
 func (s *stream) cancelReserved() {
 	s.resv = 0
+	if s.closed {
+		s.dropBuffers() // kept by abort for this reservation
+		return
+	}
 	if s.next != nil {
 		s.addSpare(s.next)
 		s.next = nil
@@ -708,23 +712,32 @@ func (s *stream) releaseSpares() {
 }
 
 // abort drops every buffer and waits for the writes in flight; the owner
-// then removes the file.
+// then removes the file. The buffers of an open reservation stay: its
+// caller may be filling them outside the lock (a MapWriter's socket read),
+// and they go back when it commits or cancels (cancelReserved), so that no
+// other writer is handed memory still being written.
 func (s *stream) abort() {
 	s.closed = true
-	s.resv = 0
+	s.d.pending.Add(-(s.length - s.writtenEnd))
+	s.writtenEnd = s.length
+	if s.resv == 0 {
+		s.dropBuffers()
+	}
+	s.releaseSpares()
+	s.waitInflight(0)
+}
+
+// dropBuffers releases the current and next buffers.
+func (s *stream) dropBuffers() {
 	if s.next != nil {
 		s.next.Release()
 		s.next = nil
 	}
-	s.d.pending.Add(-(s.length - s.writtenEnd))
-	s.writtenEnd = s.length
 	if s.cur != nil {
 		s.cur.Release()
 		s.cur = nil
 		s.held.Store(0)
 	}
-	s.releaseSpares()
-	s.waitInflight(0)
 }
 
 // flushEarly writes the current buffer out early for an idle disk, if it
