@@ -31,7 +31,9 @@ type ReaderConfig struct {
 	Job string
 	// Extents are what the reader reads, in order. The files must stay
 	// open until the reader has ended (Poll returned io.EOF or an error, or
-	// Cancel returned) and its chunks are released.
+	// Cancel returned) and its chunks are released. Reads still in flight
+	// then complete on the right file: a diskio.File closed under them keeps
+	// its descriptor until they are done.
 	Extents []Extent
 	// Verify, if set, checks every chunk before it is handed out.
 	Verify VerifyFunc

@@ -26,7 +26,13 @@ type File struct {
 	path   string
 	direct bool
 	align  Alignment
-	closed atomic.Bool
+	// state is twice the number of requests holding the file open (hold),
+	// plus 1 once Close was called. The descriptor is closed when the file
+	// is closed and no request holds it: by Close, or by the last request
+	// to complete after it. A request in flight never meets its descriptor
+	// number reused by another file (a reader cancelled while its reads are
+	// queued closes its file at once).
+	state atomic.Int64
 }
 
 // Name is the path the file was opened with.
@@ -41,15 +47,54 @@ func (f *File) Alignment() Alignment { return f.align }
 // Fd is the file descriptor, for the few syscalls outside the seam (FIEMAP).
 func (f *File) Fd() int { return f.fd }
 
-// Close closes the file. Requests on it must have completed.
+// Close closes the file. Requests already submitted on it complete on it:
+// with some in flight, the descriptor is closed when the last of them
+// completes, and an error closing it then goes unreported. Requests
+// submitted after Close fail.
 func (f *File) Close() error {
-	if f.closed.Swap(true) {
-		return nil
+	for {
+		s := f.state.Load()
+		if s&1 != 0 {
+			return nil
+		}
+		if f.state.CompareAndSwap(s, s|1) {
+			if s != 0 {
+				return nil // the last request closes it
+			}
+			return f.closeFD()
+		}
 	}
+}
+
+func (f *File) closeFD() error {
 	if err := unix.Close(f.fd); err != nil {
 		return fmt.Errorf("diskio: close %s: %w", f.path, err)
 	}
 	return nil
+}
+
+func (f *File) isClosed() bool { return f.state.Load()&1 != 0 }
+
+// hold keeps the descriptor open for one more request; false once the file
+// is closed.
+func (f *File) hold() bool {
+	for {
+		s := f.state.Load()
+		if s&1 != 0 {
+			return false
+		}
+		if f.state.CompareAndSwap(s, s+2) {
+			return true
+		}
+	}
+}
+
+// unhold ends a hold, closing the descriptor if the file was closed
+// meanwhile and this was the last request holding it.
+func (f *File) unhold() {
+	if f.state.Add(-2) == 1 {
+		_ = f.closeFD() // nobody is left to tell
+	}
 }
 
 // Size is the file's length.

@@ -100,6 +100,26 @@ type Request struct {
 
 	// restore is the caller's Buf while a Faulty wrapper shortened it.
 	restore []byte
+	// held: the request holds its File open (holdFiles) until it
+	// completes.
+	held bool
+}
+
+// holdFiles holds each request's file open until the request completes
+// (File.hold), or none of them, returning an error, if one was closed after
+// validate: the backends call it before queueing validated requests.
+func holdFiles(reqs []*Request) error {
+	for i, r := range reqs {
+		if !r.File.hold() {
+			for _, h := range reqs[:i] {
+				h.held = false
+				h.File.unhold()
+			}
+			return fmt.Errorf("diskio: %s %s: %w", r.Op, r.File.path, os.ErrClosed)
+		}
+		r.held = true
+	}
+	return nil
 }
 
 // finish records the result and hands the request back to its owner. Every
@@ -108,6 +128,10 @@ type Request struct {
 func (r *Request) finish(n int, err error) {
 	if r.restore != nil {
 		r.Buf, r.restore = r.restore, nil
+	}
+	if r.held {
+		r.held = false
+		r.File.unhold()
 	}
 	r.N = n
 	switch {
@@ -241,7 +265,7 @@ func validate(r *Request) error {
 	if r.File == nil || r.File.fd < 0 {
 		return errors.New("diskio: request without an open file")
 	}
-	if r.File.closed.Load() {
+	if r.File.isClosed() {
 		// Its descriptor number may already name another file, which the
 		// request would read or write instead.
 		return fmt.Errorf("diskio: %s %s: %w", r.Op, r.File.path, os.ErrClosed)

@@ -68,6 +68,7 @@ var conformance = []struct {
 	{"ShortReadAtEOF", testShortReadAtEOF},
 	{"UnalignedRejected", testUnalignedRejected},
 	{"ClosedFileRejected", testClosedFileRejected},
+	{"CloseWithReadsInFlight", testCloseWithReadsInFlight},
 	{"FaultsSurface", testFaultsSurface},
 	{"CloseWithIOInFlight", testCloseWithIOInFlight},
 	{"ConcurrentSubmitters", testConcurrentSubmitters},
@@ -450,6 +451,73 @@ func testClosedFileRejected(t *testing.T, b backend) {
 	}
 	if size, err := other.Size(); err != nil || size != 0 {
 		t.Fatalf("the file opened after the close has %d bytes (%v), want 0", size, err)
+	}
+}
+
+// testCloseWithReadsInFlight closes a file right after submitting reads on
+// it and opens another at once, which takes the lowest free descriptor
+// number: the closed one's, unless the reads still hold it. Every read
+// must return the first file's bytes.
+func testCloseWithReadsInFlight(t *testing.T, b backend) {
+	io := b.open(t, 64)
+	dir := t.TempDir()
+	const n, size = 256, 4096
+	pool := newMemPool(t, n, size)
+	bufs := make([]*mem.Buf, n)
+	for i := range bufs {
+		bufs[i] = pool.TryGet()
+		fill(bufs[i].Bytes(), 1)
+	}
+	defer func() {
+		for _, buf := range bufs {
+			buf.Release()
+		}
+	}()
+	write := func(name string, seed int) string {
+		path := filepath.Join(dir, name)
+		data := make([]byte, size)
+		fill(data, seed)
+		if err := os.WriteFile(path, bytes.Repeat(data, n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	first, second := write("first", 1), write("second", 2)
+	want := make([]byte, size)
+	fill(want, 1)
+	done := make(chan *Request, n)
+	for round := range 20 {
+		f, err := io.OpenFile(first, os.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs := make([]*Request, n)
+		for i := range reqs {
+			clear(bufs[i].Bytes())
+			reqs[i] = &Request{Op: OpRead, File: f, Buf: bufs[i].Bytes(), Off: int64(i * size), Done: done}
+		}
+		if err := io.Submit(reqs...); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		other, err := io.OpenFile(second, os.O_RDONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			r := <-done
+			if r.Err != nil || r.N != size {
+				t.Fatalf("round %d, read at %d: n %d, err %v", round, r.Off, r.N, r.Err)
+			}
+			if !bytes.Equal(r.Buf, want) {
+				t.Fatalf("round %d, read at %d: not the first file's bytes (its descriptor went to another file)", round, r.Off)
+			}
+		}
+		if err := other.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

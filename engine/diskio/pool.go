@@ -118,6 +118,9 @@ func (p *poolIO) Submit(reqs ...*Request) error {
 			return err
 		}
 	}
+	if err := holdFiles(reqs); err != nil {
+		return err
+	}
 	for i, r := range reqs {
 		if !p.send(r) {
 			for _, r := range reqs[i:] {

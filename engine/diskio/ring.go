@@ -330,6 +330,9 @@ func (r *ringIO) Submit(reqs ...*Request) error {
 			return err
 		}
 	}
+	if err := holdFiles(reqs); err != nil {
+		return err
+	}
 	var rejected []*Request
 	r.mu.Lock()
 	for i, req := range reqs {
