@@ -307,6 +307,12 @@ func (l *commitLog) append(batch []*commitReq) error {
 	l.dirs = d.takeDirty(l.dirs[:0])
 	for i, dir := range l.dirs {
 		if err := diskio.SyncDir(d.abs(dir)); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				// Released and deleted since a file was made in it (a
+				// creation that raced the release): none of its entries
+				// is left to make durable.
+				continue
+			}
 			d.markDirty(l.dirs[i:])
 			d.noteFault(err)
 			return wrapFault(err)
@@ -338,6 +344,10 @@ func (l *commitLog) append(batch []*commitReq) error {
 		// pages): the log takes no more records.
 		l.broken = wrapFault(fmt.Errorf("engine: commit log fdatasync: %w", err))
 		d.noteFault(err)
+		// Whatever the error (ENOSPC too), the disk can commit nothing
+		// more until it is opened again: it fails, rather than look
+		// healthy again once space is back and refuse every commit.
+		d.markFailed(l.broken)
 		return l.broken
 	}
 	l.nextLSN += uint64(len(batch))

@@ -352,3 +352,169 @@ func TestHealthReadsDiskstats(t *testing.T) {
 		t.Fatalf("state %v: %v", d.State(), d.Err())
 	}
 }
+
+// TestLostReduceRerun: a ReducePartition lost to a full disk is recorded
+// as released before its file goes, so that its rerun on the same disk,
+// whose producers commit other attempts of the same maps, recovers at the
+// next open, with the rest of the disk.
+func TestLostReduceRerun(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig("", dir)
+	var fault *diskio.Faulty
+	cfg.WrapIO = func(_ string, io diskio.IO) diskio.IO {
+		if fault == nil { // the disk's data IO comes first, then its log's
+			fault = diskio.NewFaulty(io)
+			return fault
+		}
+		return io
+	}
+	ctx := context.Background()
+	s, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Subpartitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mw.StartRegion(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := reserveWrite(ctx, mw, storedBuffer(0, payload(1000, 9))); err != nil {
+		t.Fatal(err)
+	}
+	if err := mw.FinishRegion(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mw.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spec := ReduceSpec{Job: "f", Dataset: "r", Reduce: 0, MapCount: 2}
+	rp, err := s.OpenReduce(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pushAll(ctx, rp, 0, 0, 5, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.Commit(ctx, 0, 0, 5); err != nil {
+		t.Fatal(err)
+	}
+	remove := fault.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Err: syscall.ENOSPC})
+	err = pushAll(ctx, rp, 1, 0, 40, 0)
+	if err == nil {
+		_, err = rp.Finalize(ctx)
+	}
+	if !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("push to a full disk: %v", err)
+	}
+	remove()
+	s.CheckHealth(ctx) // space is back
+	// The rerun: both maps again, map 0 under another attempt.
+	rp, err = s.OpenReduce(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range uint32(2) {
+		if err := pushAll(ctx, rp, m, 1, 3, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := rp.Commit(ctx, m, 1, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := rp.Finalize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openTestStore(t, testConfig("", dir))
+	if d := s.Disks()[0]; d.State() != DiskHealthy {
+		t.Fatalf("disk %v after the restart: %v", d.State(), d.failedErr())
+	}
+	if _, err := s.OpenMap("f", "m", 0, 0); err != nil {
+		t.Fatalf("the committed MapPartition after the restart: %v", err)
+	}
+	rr, err := s.OpenReduceReader("f", "r", 0)
+	if err != nil {
+		t.Fatalf("the rerun ReducePartition after the restart: %v", err)
+	}
+	defer rr.Close()
+	if got := rr.Committed(); len(got) != 2 || got[0].Attempt != 1 || got[1].Attempt != 1 {
+		t.Fatalf("committed attempts %+v, want maps 0 and 1 at attempt 1", got)
+	}
+}
+
+// TestLogSyncENOSPC: a commit log whose fdatasync failed takes no more
+// records, whatever the error: the disk fails, even for ENOSPC, instead of
+// becoming healthy again with a log that refuses every commit.
+func TestLogSyncENOSPC(t *testing.T) {
+	cfg := testConfig("", t.TempDir())
+	var logIO *diskio.Faulty
+	data := true
+	cfg.WrapIO = func(_ string, io diskio.IO) diskio.IO {
+		if data { // the disk's data IO comes first, then its log's
+			data = false
+			return io
+		}
+		logIO = diskio.NewFaulty(io)
+		return logIO
+	}
+	s := openTestStore(t, cfg)
+	ctx := context.Background()
+	logIO.Inject(diskio.Rule{Op: diskio.OpSync, Err: syscall.ENOSPC, Times: 1})
+	w, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Subpartitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.StartRegion(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := reserveWrite(ctx, w, storedBuffer(0, payload(100, 1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.FinishRegion(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Finish(ctx); err == nil {
+		t.Fatal("Finish succeeded with the log's fdatasync failing")
+	}
+	s.CheckHealth(ctx)
+	if d := s.Disks()[0]; d.State() != DiskFailed {
+		t.Fatalf("disk %v after the log's fdatasync failed with ENOSPC, want failed", d.State())
+	}
+	if _, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Map: 1, Subpartitions: 1}); err == nil {
+		t.Fatal("a new partition was placed on the disk whose log is broken")
+	}
+}
+
+// TestDirtyDirectoryDeleted: a dataset directory marked for the next
+// directory fsync and deleted before it (a file creation racing a release
+// of its dataset) is passed over: the disk's commits go on.
+func TestDirtyDirectoryDeleted(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, testConfig("", dir))
+	ctx := context.Background()
+	d := s.Disks()[0]
+	d.markDirty([]string{"data/gone/ds"}) // never made, as if deleted
+	for m := range uint32(2) {
+		w, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Map: m, Subpartitions: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.StartRegion(false); err != nil {
+			t.Fatal(err)
+		}
+		if err := reserveWrite(ctx, w, storedBuffer(0, payload(100, m))); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.FinishRegion(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Finish(ctx); err != nil {
+			t.Fatalf("commit %d after a dirty directory was deleted: %v", m, err)
+		}
+	}
+}

@@ -682,6 +682,17 @@ func (rp *ReducePartition) failLocked(cause error) error {
 	err := &PartitionError{Partition: rp.ref, Disk: rp.d.path, Err: wrapFault(cause)}
 	rp.phase, rp.err = reduceFailed, err
 	lost := commitMaps(rp.sortedCommitsLocked())
+	// The loss is recorded, as a release of the partition, before its file
+	// goes: its commit records must not outlive it, or the commits of its
+	// rerun (the same maps, other attempts) contradict them at the next
+	// recovery, which then refuses the whole log. (A failed disk takes no
+	// record; its partitions are all lost.)
+	if rp.d.State() != DiskFailed {
+		if err := rp.d.clog.commit(&layout.Record{Kind: layout.RecordReleased, Scope: layout.ReleaseReduce,
+			Job: rp.job, Dataset: rp.ds, Index: rp.key.Reduce}); err != nil {
+			rp.d.log.Warn("engine: recording the loss of a failed partition", "partition", rp.ref, "err", err)
+		}
+	}
 	rp.discardFile()
 	rp.d.forgetReduce(rp)
 	rp.d.store.noteLost(rp.d)
