@@ -373,20 +373,7 @@ func TestLostReduceRerun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mw, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Subpartitions: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mw.StartRegion(false); err != nil {
-		t.Fatal(err)
-	}
-	if err := reserveWrite(ctx, mw, storedBuffer(0, payload(1000, 9))); err != nil {
-		t.Fatal(err)
-	}
-	if err := mw.FinishRegion(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mw.Finish(ctx); err != nil {
+	if _, err := writeBig(ctx, s, "m", 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	spec := ReduceSpec{Job: "f", Dataset: "r", Reduce: 0, MapCount: 2}
@@ -465,20 +452,7 @@ func TestLogSyncENOSPC(t *testing.T) {
 	s := openTestStore(t, cfg)
 	ctx := context.Background()
 	logIO.Inject(diskio.Rule{Op: diskio.OpSync, Err: syscall.ENOSPC, Times: 1})
-	w, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Subpartitions: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.StartRegion(false); err != nil {
-		t.Fatal(err)
-	}
-	if err := reserveWrite(ctx, w, storedBuffer(0, payload(100, 1))); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.FinishRegion(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Finish(ctx); err == nil {
+	if _, err := writeBig(ctx, s, "m", 0, 1); err == nil {
 		t.Fatal("Finish succeeded with the log's fdatasync failing")
 	}
 	s.CheckHealth(ctx)
@@ -500,20 +474,7 @@ func TestDirtyDirectoryDeleted(t *testing.T) {
 	d := s.Disks()[0]
 	d.markDirty([]string{"data/gone/ds"}) // never made, as if deleted
 	for m := range uint32(2) {
-		w, err := s.CreateMap(ctx, MapSpec{Job: "f", Dataset: "m", Map: m, Subpartitions: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.StartRegion(false); err != nil {
-			t.Fatal(err)
-		}
-		if err := reserveWrite(ctx, w, storedBuffer(0, payload(100, m))); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.FinishRegion(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Finish(ctx); err != nil {
+		if _, err := writeBig(ctx, s, "m", m, 1); err != nil {
 			t.Fatalf("commit %d after a dirty directory was deleted: %v", m, err)
 		}
 	}
