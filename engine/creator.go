@@ -8,11 +8,10 @@ import "sync"
 // whole creation, which can take a millisecond of CPU a file (inodes.go).
 // The files are made with O_TMPFILE and linked (diskio.CreateFile), so
 // creations in one directory need not wait for each other's inode
-// allocation. Meanwhile the
-// partitions buffer their pushes (their header first): a stream waits for
-// its file only to write. A producer commit need not wait for the file: its
-// record carries what recovery needs to recreate the partition (FORMAT.md,
-// "Open files after a crash").
+// allocation. Meanwhile the partitions buffer their pushes (their header
+// first): a stream waits for its file only to write. A producer commit need
+// not wait for the file: its record carries what recovery needs to
+// recreate the partition (FORMAT.md, "Open files after a crash").
 type creator struct {
 	d      *Disk
 	mu     sync.Mutex

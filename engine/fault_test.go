@@ -124,8 +124,22 @@ func TestFaultENOSPC(t *testing.T) {
 
 func TestFaultENOSPCReduce(t *testing.T) {
 	s, faults, ev := faultyStore(t, "", t.TempDir())
-	ctx := context.Background()
-	rp, err := s.OpenReduce(ctx, ReduceSpec{Job: "f", Dataset: "r", Reduce: 0, MapCount: 2})
+	rp, _ := loseToFullDisk(t, context.Background(), s, faults[s.Disks()[0].Path()])
+	e := ev.wait(t, EventPartitionLost)
+	if e.Partition != rp.Ref() || len(e.LostMaps) != 1 || e.LostMaps[0] != 0 {
+		t.Fatalf("lost event %+v", e)
+	}
+	if _, err := s.Reduce("f", "r", 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the failed partition is still found: %v", err)
+	}
+}
+
+// loseToFullDisk opens ReducePartition f/r/0 of two maps, commits map 0
+// in it, then loses it to ENOSPC from fault while map 1 pushes. The rule
+// stays until remove.
+func loseToFullDisk(t *testing.T, ctx context.Context, s *Store, fault *diskio.Faulty) (rp *ReducePartition, remove func()) {
+	t.Helper()
+	rp, err := s.OpenReduce(ctx, lostSpec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +149,7 @@ func TestFaultENOSPCReduce(t *testing.T) {
 	if err := rp.Commit(ctx, 0, 0, 5); err != nil {
 		t.Fatal(err)
 	}
-	faults[s.Disks()[0].Path()].Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Err: syscall.ENOSPC})
+	remove = fault.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Err: syscall.ENOSPC})
 	err = pushAll(ctx, rp, 1, 0, 40, 0)
 	if err == nil {
 		_, err = rp.Finalize(ctx)
@@ -143,14 +157,11 @@ func TestFaultENOSPCReduce(t *testing.T) {
 	if !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("push to a full disk: %v", err)
 	}
-	e := ev.wait(t, EventPartitionLost)
-	if e.Partition != rp.Ref() || len(e.LostMaps) != 1 || e.LostMaps[0] != 0 {
-		t.Fatalf("lost event %+v", e)
-	}
-	if _, err := s.Reduce("f", "r", 0); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("the failed partition is still found: %v", err)
-	}
+	return rp, remove
 }
+
+// lostSpec is the partition loseToFullDisk loses.
+var lostSpec = ReduceSpec{Job: "f", Dataset: "r", Reduce: 0, MapCount: 2}
 
 func TestFaultEIO(t *testing.T) {
 	forBackends(t, func(t *testing.T, backend string) {
@@ -376,29 +387,11 @@ func TestLostReduceRerun(t *testing.T) {
 	if _, err := writeBig(ctx, s, "m", 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	spec := ReduceSpec{Job: "f", Dataset: "r", Reduce: 0, MapCount: 2}
-	rp, err := s.OpenReduce(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pushAll(ctx, rp, 0, 0, 5, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := rp.Commit(ctx, 0, 0, 5); err != nil {
-		t.Fatal(err)
-	}
-	remove := fault.Inject(diskio.Rule{Op: diskio.OpWrite, Path: "reduce-*", Err: syscall.ENOSPC})
-	err = pushAll(ctx, rp, 1, 0, 40, 0)
-	if err == nil {
-		_, err = rp.Finalize(ctx)
-	}
-	if !errors.Is(err, ErrDiskFull) {
-		t.Fatalf("push to a full disk: %v", err)
-	}
+	_, remove := loseToFullDisk(t, ctx, s, fault)
 	remove()
 	s.CheckHealth(ctx) // space is back
 	// The rerun: both maps again, map 0 under another attempt.
-	rp, err = s.OpenReduce(ctx, spec)
+	rp, err := s.OpenReduce(ctx, lostSpec)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -470,18 +470,18 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 		case err != nil:
 			errs = append(errs, err)
 		case !done:
-			i := slices.Index(s.disks, rp.d)
-			sc.pending[i] = append(sc.pending[i], pendingCommit{rp, n})
-			sc.recs[i] = append(sc.recs[i], rec)
+			dc := &sc.disks[slices.Index(s.disks, rp.d)]
+			dc.pending = append(dc.pending, pendingCommit{rp, n})
+			dc.recs = append(dc.recs, rec)
 		}
 	}
 	var mu sync.Mutex
 	commit := func(i int) {
-		out := slices.Grow(sc.out[i][:0], len(sc.pending[i]))[:len(sc.pending[i])]
-		sc.out[i] = out
-		s.disks[i].clog.commitMany(sc.recs[i], out)
-		for j, p := range sc.pending[i] {
-			if err := p.rp.endCommit(mapIndex, attempt, p.segs, out[j]); err != nil {
+		dc := &sc.disks[i]
+		dc.out = slices.Grow(dc.out[:0], len(dc.pending))[:len(dc.pending)]
+		s.disks[i].clog.commitMany(dc.recs, dc.out)
+		for j, p := range dc.pending {
+			if err := p.rp.endCommit(mapIndex, attempt, p.segs, dc.out[j]); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -490,8 +490,8 @@ func (s *Store) CommitAttempt(ctx context.Context, job, dataset string, mapIndex
 	}
 	// The disks' group commits at once.
 	var wg sync.WaitGroup
-	for i := range sc.pending {
-		if len(sc.pending[i]) > 0 {
+	for i := range sc.disks {
+		if len(sc.disks[i].pending) > 0 {
 			wg.Go(func() { commit(i) })
 		}
 	}
@@ -508,30 +508,35 @@ type pendingCommit struct {
 // commitScratch is the working memory of a producer commit, by disk,
 // reused: a commit to a thousand partitions makes a thousand records, and
 // a stage makes a thousand commits.
-type commitScratch struct {
-	pending [][]pendingCommit
-	recs    [][]layout.Record
-	out     [][]error
+type commitScratch struct{ disks []diskCommit }
+
+// diskCommit is a producer commit's part on one disk: its partitions, their
+// records and the records' outcomes.
+type diskCommit struct {
+	pending []pendingCommit
+	recs    []layout.Record
+	out     []error
 }
 
 var commitScratches = sync.Pool{New: func() any { return new(commitScratch) }}
 
 func getCommitScratch(disks int) *commitScratch {
 	sc := commitScratches.Get().(*commitScratch)
-	for len(sc.pending) < disks {
-		sc.pending, sc.recs, sc.out = append(sc.pending, nil), append(sc.recs, nil), append(sc.out, nil)
+	if len(sc.disks) < disks {
+		sc.disks = append(sc.disks, make([]diskCommit, disks-len(sc.disks))...)
 	}
-	sc.pending, sc.recs, sc.out = sc.pending[:disks], sc.recs[:disks], sc.out[:disks]
+	sc.disks = sc.disks[:disks]
 	return sc
 }
 
 // put empties sc (dropping what it points to) and returns it to the pool.
 func (sc *commitScratch) put() {
-	for i := range sc.pending {
-		clear(sc.pending[i])
-		clear(sc.recs[i])
-		clear(sc.out[i])
-		sc.pending[i], sc.recs[i], sc.out[i] = sc.pending[i][:0], sc.recs[i][:0], sc.out[i][:0]
+	for i := range sc.disks {
+		dc := &sc.disks[i]
+		clear(dc.pending)
+		clear(dc.recs)
+		clear(dc.out)
+		dc.pending, dc.recs, dc.out = dc.pending[:0], dc.recs[:0], dc.out[:0]
 	}
 	commitScratches.Put(sc)
 }

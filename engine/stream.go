@@ -734,9 +734,8 @@ func (s *stream) dropBuffers() {
 		s.next = nil
 	}
 	if s.cur != nil {
-		s.cur.Release()
-		s.cur = nil
-		s.held.Store(0)
+		b, _, _ := s.takeCur()
+		b.Release()
 	}
 }
 
