@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 	withFio := fs.Bool("fio", false, "run fio's sequential write (O_DIRECT, io_uring, 1 MiB, depth 16, end_fsync) on the same directory before each run, and report the ratios")
 	asJSON := fs.Bool("json", false, "end the output with one JSON object")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
+	memProfile := fs.String("memprofile", "", "write the allocations of the process, once the runs are done, to this file (pprof -sample_index=alloc_space)")
 	timeline := fs.Bool("timeline", false, "print to stderr, every 100 ms of each write phase, the engine's and the device's write rates, the bytes waiting for the disk and the CPU use")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: sluice bench engine [flags]")
@@ -69,6 +71,17 @@ func runBenchEngine(ctx context.Context, args []string, stdout, stderr io.Writer
 			return 1
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		defer func() {
+			f, err := os.Create(*memProfile)
+			if err == nil {
+				err = errors.Join(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+			}
+			if err != nil {
+				fmt.Fprintf(stderr, "sluice bench engine: %v\n", err)
+			}
+		}()
 	}
 	engineProcs() // as a worker runs its engine
 	cfg := bench.EngineConfig{
